@@ -1,0 +1,94 @@
+"""The CLIP loss equals a direct computation, is separable per sketch and leaves CLIP untouched."""
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+
+from clipasso_engine.config import make_config
+from clipasso_engine.losses import CLIPLoss, augment, clip_normalize, crop_box, perspective_endpoints
+
+
+def _images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 224, 224, generator=g)
+
+
+def _direct_loss(visual, sketch, target):
+    """The reference's formula computed through the stock forward with hooks (no shared code path)."""
+    feats = {}
+    hooks = [getattr(visual, name).register_forward_hook(lambda m, i, o, name=name: feats.__setitem__(name, o))
+             for name in ("layer2", "layer3")]
+    try:
+        emb_s = visual(clip_normalize(sketch)); s2, s3 = feats["layer2"], feats["layer3"]
+        emb_t = visual(clip_normalize(target)); t2, t3 = feats["layer2"], feats["layer3"]
+    finally:
+        for h in hooks:
+            h.remove()
+    fc = 1 - F.cosine_similarity(emb_s, emb_t, dim=1)
+    return ((s2 - t2) ** 2).mean() + ((s3 - t3) ** 2).mean() + 0.1 * fc.mean()
+
+
+def test_clean_loss_equals_direct_computation(rn101_visual):
+    sketch, target = _images(1, 1), _images(1, 2)
+    loss = CLIPLoss(rn101_visual, target, make_config(num_augs=0, channels_last=False))
+    expected = _direct_loss(rn101_visual, sketch, target)
+    torch.testing.assert_close(loss.clean(sketch)[0], expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss(sketch, torch.Generator())[0], expected, rtol=1e-4, atol=1e-6)
+    assert expected > 0
+
+
+def test_training_loss_is_mean_over_clean_and_augmented_views(rn101_visual):
+    sketch, target = _images(1, 3), _images(1, 4)
+    config = make_config(num_augs=2, channels_last=False)
+    loss = CLIPLoss(rn101_visual, target, config)
+    got = loss(sketch, torch.Generator().manual_seed(7))[0]
+    # Rebuild the same views: the generator draws the same transforms in the same order.
+    g = torch.Generator().manual_seed(7)
+    views = [torch.cat([sketch, target])] + [augment(torch.cat([sketch, target]), config, g) for _ in range(2)]
+    terms = []
+    for pair in views:
+        terms.append(_direct_loss(rn101_visual, pair[:1], pair[1:]))
+    # layer MSEs and the fc term are all means over views, so the total is the mean of per-view totals
+    torch.testing.assert_close(got, torch.stack(terms).mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_seeds_in_one_batch_get_their_own_loss_and_gradient(rn101_visual):
+    target = _images(1, 5)
+    sketches = _images(2, 6).requires_grad_(True)
+    config = make_config(num_augs=1)
+    loss = CLIPLoss(rn101_visual, target, config)
+    both = loss(sketches, torch.Generator().manual_seed(3))
+    both.sum().backward()
+    single = sketches[1:].detach().clone().requires_grad_(True)
+    one = loss(single, torch.Generator().manual_seed(3))
+    one.sum().backward()
+    torch.testing.assert_close(both[1], one[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sketches.grad[1:], single.grad, rtol=1e-3, atol=1e-8)
+    assert all(p.grad is None for p in rn101_visual.parameters())
+
+
+def test_loss_is_zero_for_the_target_itself_and_grows_with_difference(rn101_visual):
+    target = _images(1, 8)
+    loss = CLIPLoss(rn101_visual, target, make_config())
+    assert loss.clean(target)[0].abs() < 1e-6
+    assert loss.clean(torch.ones_like(target))[0] > loss.clean(0.9 * target + 0.1)[0]
+
+
+def test_augmentation_draws_match_torchvision():
+    torch.manual_seed(11)
+    expected = T.RandomPerspective.get_params(224, 224, 0.5)
+    got = perspective_endpoints(224, 0.5, torch.Generator().manual_seed(11))
+    assert [list(map(int, p)) for p in got[0]] == [list(map(int, p)) for p in expected[0]]
+    assert [list(map(int, p)) for p in got[1]] == [list(map(int, p)) for p in expected[1]]
+    tops = {crop_box(224, 0.8, torch.Generator().manual_seed(s))[:2] for s in range(50)}
+    assert all(0 <= t <= 24 and 0 <= l <= 24 for t, l in tops) and len(tops) > 10
+    assert crop_box(224, 0.8, torch.Generator())[2] == 200
+
+
+def test_augment_is_joint_and_differentiable():
+    image = _images(1, 9).requires_grad_(True)
+    out = augment(torch.cat([image, image.detach()]), make_config(), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out[0], out[1])
+    assert out.shape == (2, 3, 224, 224)
+    out[0].sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
