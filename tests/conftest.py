@@ -34,3 +34,22 @@ def vit_visual():
     torch.manual_seed(0)
     visual = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).visual.eval()
     return visual.requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """A models folder holding randomly initialised weights in the real formats (no network here)."""
+    from fake_weights import make_test_weights
+    folder = tmp_path_factory.mktemp("models")
+    make_test_weights(folder, names=("RN101", "ViT-B-32"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chelsea_png(tmp_path_factory):
+    """A real photograph no one here made (scikit-image's cat), 451 x 300: non-square on purpose."""
+    from PIL import Image
+    from skimage import data
+    path = tmp_path_factory.mktemp("images") / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(path)
+    return path

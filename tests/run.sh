@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need, then runs them all.
+#   apt: inkscape + xvfb + xauth (real-Inkscape tests), gir1.2-gtk-3.0 (the progress window)
+#   .venv: PyTorch + torchvision + open_clip (a consistent stack), the engine, pytest, inkex 1.4.1
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k raster`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v inkscape >/dev/null || ! command -v xvfb-run >/dev/null || ! command -v xauth >/dev/null; then
+  echo "== installing inkscape, xvfb, xauth from apt"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq inkscape xvfb xauth gir1.2-gtk-3.0 >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  python3 -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch, torchvision, open_clip" 2>/dev/null; then
+  echo "== installing PyTorch, torchvision, open_clip"
+  "${PIP[@]}" torch torchvision open_clip_torch
+fi
+echo "== installing the engine and test tools"
+"${PIP[@]}" -e ".[test]"
+# inkex from PyPI for the extension's unit tests: without its GUI extra (PyGObject needs cairo headers)
+"${PIP[@]}" --no-deps "inkex==1.4.1"
+"${PIP[@]}" cssselect "lxml<6" packaging pyparsing pyserial "scour<0.38" tinycss2
+
+echo "== running the tests"
+export HF_HUB_OFFLINE=1
+exec .venv/bin/python -m pytest -q -ra "$@"

@@ -1,0 +1,133 @@
+"""End to end: a real photograph, generated weights, the CLI's JSON lines and the Python API."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from clipasso_engine import make_config, sketch
+from clipasso_engine.svg import SVG_NS
+
+pytestmark = pytest.mark.slow
+ITERATIONS = 30
+
+
+def _engine(args, models_dir, env=None, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CLIPASSO_MODELS_DIR=str(models_dir), **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "clipasso_engine", *map(str, args)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _events(text):
+    return [json.loads(line) for line in text.splitlines()]   # every line must be one JSON object
+
+
+@pytest.fixture(scope="module")
+def api_result(chelsea_png, models_dir):
+    config = make_config("fast", num_strokes=16, num_iterations=ITERATIONS, num_seeds=1, models_dir=str(models_dir),
+                         threads=2)
+    events = []
+    return sketch(chelsea_png, config, on_progress=events.append), events
+
+
+def test_api_loss_decreases_and_result_is_complete(api_result):
+    result, events = api_result
+    assert result.points.shape == (16, 4, 2) and np.isfinite(result.points).all()
+    first_eval = result.eval_history[0][1][0]
+    assert result.loss < first_eval                      # the optimisation improved on the initial strokes
+    history = result.loss_history
+    assert len(history) == ITERATIONS
+    assert np.mean(history[-5:]) < np.mean(history[:5])  # the training loss goes down
+    assert result.image_size == (451, 300)
+    assert result.importance == sorted(result.importance, reverse=True)
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["iteration"] for e in progress] == list(range(1, ITERATIONS + 1))
+    assert progress[-1]["eta"] == 0
+    # the strokes mapped into the photo land on the photo (padding is white: strokes start on ink)
+    starts = result.image_points()[:, 0]
+    assert (starts[:, 0] >= -10).all() and (starts[:, 0] <= 461).all()
+
+
+def test_cli_jsonl_result_svg_and_determinism(api_result, chelsea_png, models_dir, tmp_path):
+    out = tmp_path / "chelsea.svg"
+    proc = _engine(["sketch", chelsea_png, "-o", out, "--preset", "fast", "--strokes", 16, "--iterations",
+                    ITERATIONS, "--seeds", 1, "--threads", 2, "--progress", "jsonl"], models_dir)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    events = _events(stdout)
+    assert events[0]["event"] == "start" and events[0]["strokes"] == 16
+    assert events[-1]["event"] == "result"
+    assert {e["event"] for e in events} <= {"start", "status", "notice", "progress", "result"}
+    result = events[-1]
+    assert result["svg"] == str(out) and result["image_size"] == [451, 300] and result["stroke_width"] == 3.0
+    # same seed, same device -> the same drawing, in another process
+    api, _ = api_result
+    np.testing.assert_allclose(np.array(result["strokes"]), api.points, atol=1e-3)
+    root = ET.parse(out).getroot()
+    paths = list(root.iter(f"{{{SVG_NS}}}path"))
+    assert root.get("width") == "224" and len(paths) == 16
+    assert all(p.get("d").startswith("M ") and " C " in p.get("d") and p.get("stroke-width") == "3.0" for p in paths)
+    assert "Traceback" not in stderr
+
+
+def _wait_for(proc, kind, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if json.loads(line)["event"] == kind:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["close_stdin", "sigterm"])
+def test_cli_stops_promptly_when_cancelled(how, chelsea_png, models_dir, tmp_path):
+    proc = _engine(["sketch", chelsea_png, "-o", tmp_path / "x.svg", "--preset", "fast", "--iterations", 5000,
+                    "--seeds", 1, "--strokes", 4, "--threads", 2, "--progress", "jsonl"], models_dir)
+    try:
+        assert _wait_for(proc, "progress")
+        started = time.time()
+        if how == "close_stdin":
+            proc.stdin.close()
+        else:
+            proc.send_signal(signal.SIGTERM)
+        rest = proc.stdout.read()
+        proc.wait(timeout=30)
+        assert time.time() - started < 15
+        assert proc.returncode == 130
+        assert _events(rest)[-1]["code"] == "cancelled"
+        assert not (tmp_path / "x.svg").exists()
+    finally:
+        proc.kill()
+
+
+def test_cli_bad_image_is_an_error_event(tmp_path, models_dir):
+    bad = tmp_path / "holiday.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    proc = _engine(["sketch", bad, "-o", tmp_path / "x.svg", "--progress", "jsonl"], models_dir)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    error = _events(stdout)[-1]
+    assert error["event"] == "error" and error["code"] == "bad_image" and "holiday.jpg" in error["message"]
+    assert "Traceback" not in stderr
+
+
+def test_cli_missing_weights_fails_at_once(tmp_path, chelsea_png):
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    caches = {"HF_HOME": str(tmp_path / "hf"), "CLIPASSO_CACHE": str(tmp_path / "cache"),
+              "XDG_CACHE_HOME": str(tmp_path / "xdg")}   # never the real caches
+    started = time.time()
+    proc = _engine(["sketch", chelsea_png, "-o", tmp_path / "x.svg", "--progress", "jsonl"], empty, env=caches)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert time.time() - started < 60
+    error = _events(stdout)[-1]
+    assert proc.returncode == 1 and error["code"] == "weights_missing", stderr
+    assert "download-models" in error["message"]
