@@ -343,7 +343,7 @@ def apply_mask(loaded: LoadedImage, mask, threshold: float = 0.5) -> LoadedImage
 
     mask: 1x1xSxS (or SxS) tensor or array on the canvas, 1 = object. rgb_full is left as it is."""
     target = loaded.target
-    mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    mask = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
     size = target.shape[-1]
     if mask.numel() != size * size:
         raise ValueError(f"mask must have {size}x{size} values on the canvas, got shape {tuple(mask.shape)}")
