@@ -145,7 +145,7 @@ class Nvidia:
 
 
 def parse_driver_version(text: str) -> tuple:
-    m = re.search(r"(\d+)\.(\d+)", text or "")
+    m = re.search(r"(\d{3,})\.(\d+)", text or "")  # driver majors have 3 digits; skips dates, "x86_64"
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
@@ -165,7 +165,7 @@ def detect_nvidia(run=subprocess.run, which=shutil.which,
             pass
     try:
         with open(proc_version) as f:
-            return Nvidia("NVIDIA GPU", parse_driver_version(re.sub(r"gcc version.*", "", f.read())))
+            return Nvidia("NVIDIA GPU", parse_driver_version(f.readline()))
     except OSError:
         return None
 
@@ -530,6 +530,8 @@ def install(args) -> int:
                 "venv_created": created, "engine_preinstalled": bool(marker.get("engine_preinstalled")),
                 "extensions_dir": str(ext_dir), "models_dir": str(models_dir) if models_dir else None}
     previous = read_json(ext_dir / EXTENSION_FOLDER / MANIFEST_NAME)
+    # an extensions folder we had to create goes again on uninstall (when empty)
+    manifest["extensions_dir_created"] = previous.get("extensions_dir_created", False) if previous else not ext_dir.exists()
     target = install_extension(ext_dir, python, venv, version, models_dir, manifest, dry)
     print(f"    ({ext_how})")
     if previous.get("venv") and Path(previous["venv"]) != venv and previous.get("venv_created"):
@@ -600,6 +602,11 @@ def uninstall(args) -> int:
         say("extension", f"removing {target}")
         if not dry:
             shutil.rmtree(target)
+            if manifest.get("extensions_dir_created"):
+                try:
+                    ext_dir.rmdir()
+                except OSError:  # not empty: other extensions live there now
+                    pass
         removed += 1
     else:
         say("extension", f"none at {target} ({ext_how})")
