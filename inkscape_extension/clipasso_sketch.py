@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Inkscape effect: turn the selected raster image(s) into a CLIPasso sketch layer.
+
+Runs in Inkscape's own Python (stdlib + inkex 1.2 or newer). All heavy work happens in the engine
+process (`<engine python> -m clipasso_engine sketch ... --progress jsonl`, its own venv); this script
+1. finds the selected <image>s and turns each into a file the engine can read,
+2. finds the engine through clipasso_engine.json next to clipasso.inx (or CLIPASSO_ENGINE_PYTHON),
+3. runs it once per image and stroke count, with a progress window when there is a display,
+4. inserts one layer per run, directly above the image's layer, with the strokes mapped exactly
+   onto the image (placement.py), in plain document coordinates.
+Any failure becomes one sentence (inkex.AbortExtension) and the document is left untouched.
+"""
+
+import base64
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+import warnings
+
+import inkex
+
+warnings.simplefilter("ignore")  # anything on stderr makes Inkscape show a dialog (and hang in batch mode)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import engine_run  # noqa: E402
+import placement  # noqa: E402
+
+CONFIG_NAME = "clipasso_engine.json"
+LOG_NAME = "clipasso-sketch.log"
+PRESETS = ("fast", "balanced", "paper")
+DEVICES = {"auto": "auto", "cpu": "cpu", "gpu": "mps" if sys.platform == "darwin" else "cuda"}
+MIME_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/gif": ".gif",
+               "image/webp": ".webp", "image/bmp": ".bmp", "image/tiff": ".tif"}
+INKSCAPE_NS = "http://www.inkscape.org/namespaces/inkscape"
+SODIPODI_NS = "http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd"
+XLINK_NS = "http://www.w3.org/1999/xlink"
+
+
+def abort(message):
+    raise inkex.AbortExtension(message)
+
+
+def parse_levels(text):
+    """'8, 16 32' -> [8, 16, 32] (order kept, duplicates dropped)."""
+    levels = []
+    for word in re.split(r"[,;\s]+", str(text).strip()):
+        if not word:
+            continue
+        if not word.isdigit() or not 1 <= int(word) <= 1024:
+            abort(f"Number of strokes must be whole numbers from 1 to 1024, like 16 or 8, 16, 32 (got {text!r}).")
+        if int(word) not in levels:
+            levels.append(int(word))
+    if not levels:
+        abort("Give a number of strokes, like 16 or 8, 16, 32.")
+    return levels
+
+
+def config_path():
+    """clipasso_engine.json next to clipasso.inx: the installer copies the .inx and this folder
+    into <extensions>/clipasso/, so that is the parent of this script's folder."""
+    return os.path.join(os.path.dirname(HERE), CONFIG_NAME)
+
+
+def find_engine(environ=os.environ):
+    """-> (engine python, models_dir or None); aborts with what to do when there is none."""
+    config = {}
+    path = config_path()
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except (OSError, ValueError):
+            abort(f"The CLIPasso engine settings ({path}) cannot be read: run install.py again.")
+    python = environ.get("CLIPASSO_ENGINE_PYTHON") or config.get("python")
+    if not python:
+        abort("The CLIPasso engine is not installed: run `python3 install.py` in the CLIPasso folder, "
+              "then try again.")
+    if not os.path.isfile(python):
+        abort(f"The CLIPasso engine's Python ({python}) is missing: run `python3 install.py` again.")
+    return python, config.get("models_dir")
+
+
+def color_to_css(color):
+    """inkex.Color (1.2 and 1.4 alike) -> ('#rrggbb', opacity)."""
+    rgb = [int(round(float(value))) for value in list(color)[:3]]
+    rgb += [0] * (3 - len(rgb))
+    try:
+        alpha = float(color.alpha)
+    except (AttributeError, TypeError, ValueError):
+        alpha = 1.0
+    return "#{:02x}{:02x}{:02x}".format(*[max(0, min(255, v)) for v in rgb]), alpha
+
+
+def composed_matrix(element):
+    """The element's transform composed with every ancestor's, as a 6-tuple. Parsed from the
+    raw attributes: inkex 1.4's `.transform` and even `.get("transform")` rewrite the attribute
+    (rotate(30,150,150) becomes a 6-digit matrix), which would change the user's document."""
+    matrix = placement.IDENTITY
+    node = element
+    while node is not None:
+        text = node.attrib.get("transform")  # raw lxml access, see above
+        if text:
+            matrix = placement.compose(tuple(inkex.Transform(text).to_hexad()), matrix)
+        node = node.getparent()
+    return matrix
+
+
+class ClipassoSketch(inkex.EffectExtension):
+    def add_arguments(self, pars):
+        pars.add_argument("--tab", default="options")
+        pars.add_argument("--strokes", default="16", help="number of strokes, or several: 8, 16, 32")
+        pars.add_argument("--preset", default="fast", choices=PRESETS)
+        pars.add_argument("--seeds", type=int, default=0, help="0 = the preset's default")
+        pars.add_argument("--mask_background", type=inkex.Boolean, default=False)
+        pars.add_argument("--device", default="auto", choices=tuple(DEVICES))
+        pars.add_argument("--stroke_color", type=inkex.Color, default=inkex.Color("black"))
+        pars.add_argument("--layer_name", default="CLIPasso sketch")
+
+    # --- 1. the images ------------------------------------------------------------------------
+    def selected_images(self):
+        selected = list(self.svg.selection.values())
+        if not selected:
+            abort("Select an image first, then run CLIPasso Sketch again.")
+        images = []
+        for element in selected:  # an <image>, or images inside a selected group or layer
+            candidates = [element] + list(element.iterdescendants())
+            for candidate in candidates:
+                if isinstance(candidate, inkex.Image) and candidate not in images:
+                    images.append(candidate)
+        if not images:
+            abort("The selection holds no raster image: select an image and run CLIPasso Sketch again.")
+        return images
+
+    def image_file(self, image, workdir, index):
+        """A local file holding the image's pixels: a decoded data: URI or the linked file."""
+        href = (image.get(f"{{{XLINK_NS}}}href") or image.get("href") or "").strip()
+        name = image.get("id") or f"image {index + 1}"
+        if not href:
+            abort(f"The image {name!r} has no picture (empty link).")
+        if href.startswith("data:"):
+            header, _, payload = href[5:].partition(",")
+            mime = header.split(";")[0].strip().lower()
+            try:
+                if ";base64" in header:
+                    data = base64.b64decode(re.sub(r"\s+", "", urllib.parse.unquote(payload)), validate=False)
+                else:
+                    data = urllib.parse.unquote_to_bytes(payload)
+            except ValueError:
+                abort(f"The embedded picture of {name!r} is damaged (bad base64 data).")
+            path = os.path.join(workdir, f"image-{index}{MIME_SUFFIX.get(mime, '.img')}")
+            with open(path, "wb") as handle:
+                handle.write(data)
+            return path
+        scheme = urllib.parse.urlparse(href).scheme.lower()
+        if scheme == "file":
+            candidates = [urllib.request.url2pathname(urllib.parse.urlparse(href).path)]
+        elif len(scheme) > 1:  # http:, https: ... (one letter is a Windows drive: C:\...)
+            abort(f"The image {name!r} links to {href}, which is not a local file: embed it or save it "
+                  f"locally and link that.")
+        else:
+            path = urllib.parse.unquote(href)
+            candidates = [path] if os.path.isabs(path) else []
+            if not candidates:
+                # Inkscape rebases relative links onto the temporary copy it hands us (INKSCAPE.md):
+                # try that folder first, then the saved document's, then Inkscape's absolute copy.
+                folders = [os.path.dirname(os.path.abspath(self.options.input_file))
+                           if isinstance(self.options.input_file, str) else None,
+                           self.svg_path()]
+                candidates = [os.path.join(folder, path) for folder in folders if folder]
+            absref = image.get(f"{{{SODIPODI_NS}}}absref")
+            if absref:
+                candidates.append(absref)
+        for candidate in candidates:
+            if candidate and os.path.isfile(os.path.expanduser(candidate)):
+                return os.path.expanduser(candidate)
+        abort(f"The linked image file of {name!r} was not found ({candidates[0] if candidates else href}): "
+              f"relink or embed the image and try again.")
+
+    # --- 2 + 3. running the engine ------------------------------------------------------------
+    def engine_command(self, python, models_dir, image_path, out_svg, strokes):
+        command = [python, "-m", "clipasso_engine", "sketch", image_path, "-o", out_svg,
+                   "--strokes", str(strokes), "--preset", self.options.preset,
+                   "--device", DEVICES[self.options.device], "--progress", "jsonl"]
+        if self.options.seeds > 0:
+            command += ["--seeds", str(self.options.seeds)]
+        if self.options.mask_background:
+            command += ["--mask-background"]
+        if models_dir:
+            command += ["--models-dir", str(models_dir)]
+        return command
+
+    @staticmethod
+    def engine_environment():
+        """Our environment minus Inkscape's Python settings: Inkscape puts its own extension
+        folder (and on Windows/macOS its bundled packages) on PYTHONPATH, which must not shadow
+        the engine venv's packages. CLIPASSO_ENGINE_PYTHONPATH sets one for the engine (a checkout)."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        if os.environ.get("CLIPASSO_ENGINE_PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["CLIPASSO_ENGINE_PYTHONPATH"]
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def run_engine(self, jobs, log_path):
+        """jobs: [(title, command)] -> result events in order (AbortExtension on any failure)."""
+        import progress_window  # gi is imported inside, only when a window can be shown
+
+        env = self.engine_environment()
+        with open(log_path, "wb") as log_file:
+            def start(command):
+                log_file.write(("\n== " + " ".join(command) + "\n").encode("utf-8", "replace"))
+                log_file.flush()
+                return engine_run.EngineProcess(command, log_file, env)
+
+            stall = float(os.environ.get("CLIPASSO_STALL_TIMEOUT", engine_run.STALL_TIMEOUT_S))
+            previous = {}
+
+            def on_signal(signum, _frame):  # Inkscape or the user killing us: take the engines down
+                engine_run.stop_all(grace_s=0.5)
+                os._exit(128 + signum)
+
+            for sig in ("SIGTERM", "SIGHUP", "SIGINT"):
+                if hasattr(signal, sig):
+                    previous[sig] = signal.signal(getattr(signal, sig), on_signal)
+            try:
+                if progress_window.available():
+                    return progress_window.run_with_window(jobs, start, log_path, stall)
+                results = []
+                for _title, command in jobs:
+                    log_file.write(("\n== " + " ".join(command) + "\n").encode("utf-8", "replace"))
+                    log_file.flush()
+                    results.append(engine_run.run_blocking(
+                        command, log_file, log_path, env=env, stall_timeout_s=stall))
+                return results
+            except engine_run.EngineFailed as failure:
+                abort(str(failure))
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(getattr(signal, sig), handler)
+
+    # --- 4. the result ------------------------------------------------------------------------
+    def viewport_size(self):
+        box = (self.svg.get("viewBox") or "").replace(",", " ").split()
+        if len(box) == 4:
+            return float(box[2]), float(box[3])
+        return (placement.user_length(self.svg.get("width")) or 100.0,
+                placement.user_length(self.svg.get("height")) or 100.0)
+
+    @staticmethod
+    def layer_anchor(image):
+        """The element the new layer goes directly after: the image's nearest layer, else its
+        top-level ancestor (then the layer lands at the top level, just above the image)."""
+        anchor = image
+        for ancestor in image.iterancestors():
+            if ancestor.get(f"{{{INKSCAPE_NS}}}groupmode") == "layer":
+                return ancestor
+            if ancestor.getparent() is None:
+                break
+            anchor = ancestor
+        return anchor
+
+    def unique_tag(self, tag, taken):
+        candidate, n = tag, 1
+        while f"clipasso-layer-{candidate}" in taken:
+            n += 1
+            candidate = f"{tag}-{n}"
+        return candidate
+
+    def insert_layer(self, image, index, result, anchor, taken):
+        """A new layer after `anchor` holding one path per stroke; returns the layer."""
+        parent = anchor.getparent()
+        image_size = result["image_size"]
+        attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
+        rect = placement.image_rect(attributes, image_size, self.viewport_size())
+        pixels_to_user = placement.image_placement(*rect, image_size, image.get("preserveAspectRatio"))
+        matrix = placement.canvas_to_layer(tuple(result["canvas_to_image"]), pixels_to_user,
+                                           composed_matrix(image), composed_matrix(parent))
+        width = float(result.get("stroke_width", 3.0)) * placement.width_scale(matrix)
+        color, opacity = color_to_css(self.options.stroke_color)
+        style = (f"fill:none;stroke:{color};stroke-width:{placement.fmt(width)};"
+                 f"stroke-linecap:round;stroke-linejoin:round")
+        if opacity < 1.0:
+            style += f";stroke-opacity:{placement.fmt(opacity, 3)}"
+
+        strokes = result["strokes"]
+        image_id = re.sub(r"[^A-Za-z0-9_.-]", "_", image.get("id") or f"image{index + 1}")
+        tag = self.unique_tag(f"{image_id}-{len(strokes)}", taken)
+        layer = inkex.Layer.new(f"{self.options.layer_name} \u2014 {len(strokes)} strokes")
+        layer.set("id", f"clipasso-layer-{tag}")
+        taken.add(layer.get("id"))
+        for k, points in enumerate(strokes):
+            path = inkex.PathElement()
+            path.set("id", f"clipasso-{tag}-stroke-{k + 1}")
+            # raw attributes: our own number formatting, identical under inkex 1.2 and 1.4
+            path.attrib["d"] = placement.stroke_path_data(points, matrix)
+            path.attrib["style"] = style
+            layer.append(path)
+        # indented like the anchor, so the XML editor and diffs stay readable (whitespace only)
+        previous = anchor.getprevious()
+        lead = previous.tail if previous is not None else anchor.getparent().text
+        lead = lead if lead and not lead.strip() else "\n"
+        layer.text = lead + "  "
+        for path in layer:
+            path.tail = lead + "  "
+        layer[-1].tail = lead
+        layer.tail, anchor.tail = anchor.tail, lead
+        anchor.addnext(layer)
+        return layer
+
+    def effect(self):
+        images = self.selected_images()
+        levels = parse_levels(self.options.strokes)
+        python, models_dir = find_engine()
+        log_path = os.path.join(tempfile.gettempdir(), LOG_NAME)
+        with tempfile.TemporaryDirectory(prefix="clipasso-") as workdir:
+            jobs, targets = [], []
+            for index, image in enumerate(images):
+                source = self.image_file(image, workdir, index)
+                for strokes in levels:
+                    out_svg = os.path.join(workdir, f"sketch-{index}-{strokes}.svg")
+                    title = f"{image.get('inkscape:label') or image.get('id') or 'image'}: {strokes} strokes"
+                    jobs.append((title, self.engine_command(python, models_dir, source, out_svg, strokes)))
+                    targets.append(index)
+            results = self.run_engine(jobs, log_path)
+        # Only now, with every run done, touch the document: a failure above leaves it as it was.
+        taken = set(self.svg.xpath("//@id"))
+        # image's layer -> the newest layer put above it (keeps runs in order). Keyed by the element
+        # itself: lxml hands out the same proxy object for a node while one is referenced.
+        last_inserted = {}
+        for index, result in zip(targets, results):
+            image = images[index]
+            anchor = self.layer_anchor(image)
+            layer = self.insert_layer(image, index, result, last_inserted.get(anchor, anchor), taken)
+            last_inserted[anchor] = layer
+
+
+if __name__ == "__main__":
+    ClipassoSketch().run()

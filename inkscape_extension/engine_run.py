@@ -1,0 +1,225 @@
+"""Running the engine process and reading its JSON lines: stdlib only, no GUI.
+
+One `EngineProcess` per engine run. A reader thread turns the engine's stdout into parsed events
+on a queue, so the same process object serves the blocking runner below and the GTK window (which
+drains the queue from a GLib timeout) on every platform. The engine's stderr goes straight to the
+log file. The engine is started in its own session / process group, so `stop()` can take down
+everything it spawned: close stdin (the engine's polite stop signal), then SIGTERM, then SIGKILL.
+"""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+STOP_GRACE_S = 3.0        # after closing stdin, and again after SIGTERM
+STALL_TIMEOUT_S = 1800.0  # no line from the engine for this long -> stop it (loading/downloading emit status)
+
+
+LIVE = set()  # engines not yet stopped, for stop_all() from a signal handler
+
+
+class EngineFailed(Exception):
+    """A run ended without a result; str() is one sentence for the designer."""
+
+
+class EngineCancelled(EngineFailed):
+    pass
+
+
+def parse_event(line):
+    """One stdout line -> event dict, or None for anything that is not a JSON event object."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return None
+    return event
+
+
+def format_duration(seconds):
+    """12 -> '12 s', 95 -> '1 min 35 s', 4000 -> '1 h 7 min'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_eta(seconds):
+    if seconds is None:
+        return "estimating time left"
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        return "estimating time left"
+    if seconds != seconds or seconds < 0:  # NaN or negative
+        return "estimating time left"
+    return f"about {format_duration(seconds)} left"
+
+
+def describe_progress(event):
+    """A progress event -> (fraction in [0, 1], one-line text) for the window or a log."""
+    iteration, total = event.get("iteration", 0), event.get("total") or 0
+    fraction = min(1.0, max(0.0, iteration / total)) if total else 0.0
+    parts = [f"Iteration {iteration} of {total}"]
+    if isinstance(event.get("loss"), (int, float)):
+        parts.append(f"loss {event['loss']:.4f}")
+    parts.append(format_eta(event.get("eta")))
+    return fraction, " \u00b7 ".join(parts)
+
+
+class EngineProcess:
+    """The engine, started at construction; events arrive on self.events."""
+
+    def __init__(self, command, log_file, env=None):
+        self.command = [str(part) for part in command]
+        self.log_file = log_file          # an open binary file (the engine's stderr)
+        self.events = queue.Queue()
+        self.result = None
+        self.error = None                 # the engine's error event, if any
+        self.last_progress = None
+        self.last_heard = time.monotonic()
+        self._stdout_done = threading.Event()
+        kwargs = {}
+        if os.name == "posix":
+            kwargs["start_new_session"] = True   # own process group: stop() kills the whole tree
+        else:
+            kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | \
+                getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        try:
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                env=env, **kwargs)
+        except OSError as error:
+            raise EngineFailed(f"The CLIPasso engine could not be started ({error.strerror or error}): "
+                               f"run install.py again.") from error
+        LIVE.add(self)
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+
+    def _read_stdout(self):
+        try:
+            for raw in iter(self.process.stdout.readline, b""):
+                event = parse_event(raw.decode("utf-8", "replace"))
+                if event is not None:
+                    self.events.put(event)
+                else:  # stray prints (a library chatting on stdout): keep them, in the log
+                    self.log_file.write(b"[stdout] " + raw)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._stdout_done.set()
+
+    def drain(self, timeout=0.0):
+        """Events that arrived (waiting up to `timeout` for the first one); records result/error."""
+        events = []
+        try:
+            events.append(self.events.get(timeout=timeout) if timeout else self.events.get_nowait())
+            while True:
+                events.append(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        for event in events:
+            self.last_heard = time.monotonic()
+            kind = event["event"]
+            if kind == "result":
+                self.result = event
+            elif kind == "error":
+                self.error = event
+            elif kind == "progress":
+                self.last_progress = event
+        return events
+
+    @property
+    def finished(self):
+        """stdout closed, the process exited and every event has been drained."""
+        return self._stdout_done.is_set() and self.process.poll() is not None and self.events.empty()
+
+    def stalled(self, timeout_s):
+        return timeout_s is not None and time.monotonic() - self.last_heard > timeout_s
+
+    def stop(self, grace_s=STOP_GRACE_S):
+        """Close stdin, then SIGTERM, then SIGKILL the whole process group. Idempotent."""
+        LIVE.discard(self)
+        try:
+            self.process.stdin.close()
+        except (OSError, ValueError):
+            pass
+        if self._wait(grace_s) and os.name != "posix":
+            return
+        if os.name == "posix":
+            if self.process.poll() is None:
+                self._signal_group(signal.SIGTERM)
+                self._wait(grace_s)
+            # Always sweep the group: the engine may be gone but a child of it not.
+            self._signal_group(signal.SIGKILL)
+        else:
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        self._wait(grace_s)
+        self._reader.join(timeout=1.0)
+
+    def _signal_group(self, sig):
+        try:
+            os.killpg(self.process.pid, sig)  # pgid == pid: start_new_session made it leader
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _wait(self, timeout_s):
+        try:
+            self.process.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def outcome(self, log_path):
+        """The result event, or EngineFailed with a sentence naming the log."""
+        self.drain()
+        code = self.process.returncode
+        if self.result is not None and code == 0:
+            return self.result
+        if self.error is not None:
+            if self.error.get("code") == "cancelled":
+                raise EngineCancelled("Cancelled: the document was not changed.")
+            message = str(self.error.get("message") or "unknown error").strip()
+            raise EngineFailed(f"CLIPasso could not make the sketch: {message} (details in {log_path})")
+        raise EngineFailed(f"The CLIPasso engine stopped unexpectedly (exit status {code}) without "
+                           f"a result; the details are in {log_path}")
+
+
+def stop_all(grace_s=STOP_GRACE_S):
+    for engine in list(LIVE):
+        engine.stop(grace_s)
+
+
+def run_blocking(command, log_file, log_path, env=None, on_event=None, should_cancel=None,
+                 stall_timeout_s=STALL_TIMEOUT_S, poll_s=0.2):
+    """Run the engine to the end without a window; returns the result event.
+    should_cancel() is polled every poll_s; True stops the engine and raises EngineCancelled."""
+    engine = EngineProcess(command, log_file, env)
+    try:
+        while not engine.finished:
+            for event in engine.drain(timeout=poll_s):
+                if on_event is not None:
+                    on_event(event)
+            if should_cancel is not None and should_cancel():
+                raise EngineCancelled("Cancelled: the document was not changed.")
+            if engine.stalled(stall_timeout_s):
+                raise EngineFailed(f"The CLIPasso engine gave no sign of progress for "
+                                   f"{format_duration(stall_timeout_s)} and was stopped; the details "
+                                   f"are in {log_path}")
+        return engine.outcome(log_path)
+    finally:
+        engine.stop()

@@ -1,0 +1,155 @@
+"""Where the engine's strokes go in the document: pure affine arithmetic, stdlib only.
+
+The chain, applied right to left to a point on the engine's 224 x 224 canvas:
+
+    layer <- document  <- image element's user space <- image pixels <- canvas
+    inv(L)  @  C_image  @  P(x, y, width, height, preserveAspectRatio)  @  canvas_to_image
+
+canvas_to_image comes from the engine (it knows the padding), P is the SVG viewport rule for an
+<image> (the raster's pixel size is the "viewBox"), C_image is the image's composed transform (its
+own transform attribute and every ancestor's) and L is the composed transform of the new layer.
+Cubic Beziers are affine-invariant, so mapping the four control points maps the curve exactly and
+the paths need no transform attribute. Matrices are 6-tuples (a, b, c, d, e, f) in SVG's
+convention: x' = a x + c y + e, y' = b x + d y + f.
+"""
+
+import math
+import re
+
+IDENTITY = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+
+
+def compose(*matrices):
+    """Product m1 @ m2 @ ... : the rightmost matrix is applied first."""
+    a, b, c, d, e, f = IDENTITY
+    for (a2, b2, c2, d2, e2, f2) in matrices:
+        a, b, c, d, e, f = (a * a2 + c * b2, b * a2 + d * b2,
+                            a * c2 + c * d2, b * c2 + d * d2,
+                            a * e2 + c * f2 + e, b * e2 + d * f2 + f)
+    return (a, b, c, d, e, f)
+
+
+def invert(m):
+    a, b, c, d, e, f = m
+    det = a * d - b * c
+    if abs(det) < 1e-300:
+        raise ValueError("singular transform (the image or a group is scaled to zero)")
+    return (d / det, -b / det, -c / det, a / det, (c * f - d * e) / det, (b * e - a * f) / det)
+
+
+def apply(m, x, y):
+    a, b, c, d, e, f = m
+    return (a * x + c * y + e, b * x + d * y + f)
+
+
+def determinant(m):
+    return m[0] * m[3] - m[1] * m[2]
+
+
+def width_scale(m):
+    """How much a line width grows under m: sqrt(|det|), the geometric mean of the two
+    singular values. Exact for similarities (translate, rotate, uniform scale); for a
+    non-uniform map (skew, preserveAspectRatio="none") no single width is exact, and the
+    geometric mean keeps the stroke's ink area right."""
+    return math.sqrt(abs(determinant(m)))
+
+
+# --- lengths -----------------------------------------------------------------------------------
+# CSS absolute units in px (= user units where the attribute is read).
+UNIT_PX = {"": 1.0, "px": 1.0, "pt": 96.0 / 72.0, "pc": 16.0, "mm": 96.0 / 25.4,
+           "cm": 96.0 / 2.54, "in": 96.0, "q": 96.0 / 101.6, "em": 16.0, "ex": 8.0}
+_LENGTH = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([a-zA-Z%]*)\s*$")
+
+
+def user_length(text, percent_of=None):
+    """An SVG length attribute in user units; None when absent or 'auto' (or unparsable)."""
+    if text is None:
+        return None
+    match = _LENGTH.match(str(text))
+    if not match:
+        return None
+    value, unit = float(match.group(1)), match.group(2).lower()
+    if unit == "%":
+        return None if percent_of is None else value * percent_of / 100.0
+    if unit not in UNIT_PX:
+        return None
+    return value * UNIT_PX[unit]
+
+
+# --- the <image> viewport rule -------------------------------------------------------------------
+ALIGN_FRACTIONS = {"min": 0.0, "mid": 0.5, "max": 1.0}
+
+
+def parse_preserve_aspect_ratio(text):
+    """-> (align, mode) with align 'none' or e.g. 'xMidYMid', mode 'meet' or 'slice'.
+    Anything unparsable falls back to the SVG default, xMidYMid meet."""
+    words = (text or "").split()
+    if words and words[0] == "defer":  # only meaningful for <image> pointing at an SVG; ignored
+        words = words[1:]
+    align, mode = "xMidYMid", "meet"
+    if words and (words[0] == "none" or re.fullmatch(r"x(Min|Mid|Max)Y(Min|Mid|Max)", words[0])):
+        align = words[0]
+        if len(words) > 1 and words[1] in ("meet", "slice"):
+            mode = words[1]
+    return align, mode
+
+
+def image_placement(x, y, width, height, image_size, preserve_aspect_ratio=None):
+    """Matrix from image pixels (pixel-edge convention, (0,0)..(W,H)) to the <image> element's
+    user space: the raster is fitted into the rect (x, y, width, height) as SVG says.
+
+    slice: the raster overflows the rect on one axis and the overflow is clipped on screen; the
+    sketch still maps onto the full raster (strokes may reach past the visible rect)."""
+    pixel_w, pixel_h = float(image_size[0]), float(image_size[1])
+    if pixel_w <= 0 or pixel_h <= 0:
+        raise ValueError("image has no pixels")
+    align, mode = parse_preserve_aspect_ratio(preserve_aspect_ratio)
+    scale_x, scale_y = width / pixel_w, height / pixel_h
+    if align == "none":
+        return (scale_x, 0.0, 0.0, scale_y, float(x), float(y))
+    scale = min(scale_x, scale_y) if mode == "meet" else max(scale_x, scale_y)
+    fx = ALIGN_FRACTIONS[align[1:4].lower()]
+    fy = ALIGN_FRACTIONS[align[5:8].lower()]
+    tx = x + (width - scale * pixel_w) * fx
+    ty = y + (height - scale * pixel_h) * fy
+    return (scale, 0.0, 0.0, scale, tx, ty)
+
+
+def image_rect(attributes, image_size, viewport_size=None):
+    """(x, y, width, height) of an <image> in its user space, from its attribute dict.
+    A missing or 'auto' width/height takes the raster's pixel size (SVG 2), keeping its aspect
+    ratio when only one of the two is given. Percentages refer to viewport_size (w, h)."""
+    vw, vh = viewport_size if viewport_size else (None, None)
+    x = user_length(attributes.get("x"), vw) or 0.0
+    y = user_length(attributes.get("y"), vh) or 0.0
+    width = user_length(attributes.get("width"), vw)
+    height = user_length(attributes.get("height"), vh)
+    pixel_w, pixel_h = float(image_size[0]), float(image_size[1])
+    if width is None and height is None:
+        width, height = pixel_w, pixel_h
+    elif width is None:
+        width = height * pixel_w / pixel_h
+    elif height is None:
+        height = width * pixel_h / pixel_w
+    return x, y, width, height
+
+
+def canvas_to_layer(canvas_to_image, pixels_to_user, image_ctm, layer_ctm):
+    """The whole chain: canvas px -> the new layer's coordinates."""
+    return compose(invert(layer_ctm), image_ctm, pixels_to_user, canvas_to_image)
+
+
+# --- output ----------------------------------------------------------------------------------
+def fmt(value, digits=4):
+    """Fixed, version-independent number formatting: 4 decimals, trailing zeros dropped."""
+    text = f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "", "-") else text
+
+
+def stroke_path_data(control_points, m):
+    """'M x0,y0 C x1,y1 x2,y2 x3,y3' for one cubic stroke given in canvas px, mapped by m."""
+    p = [apply(m, float(x), float(y)) for x, y in control_points]
+    if len(p) != 4:
+        raise ValueError(f"a stroke needs 4 control points, got {len(p)}")
+    xy = [f"{fmt(px)},{fmt(py)}" for px, py in p]
+    return f"M {xy[0]} C {xy[1]} {xy[2]} {xy[3]}"

@@ -1,0 +1,561 @@
+"""The Inkscape extension, without Inkscape: golden files of the inserted layers (placement under
+every kind of transform / preserveAspectRatio / units), the .inx, every error path, the engine
+command, the placement arithmetic and the process handling (cancel leaves nothing behind).
+
+The engine is tests/engine_double.py (known strokes, stdlib only) behind a wrapper script named by
+CLIPASSO_ENGINE_PYTHON. Golden files: tests/data/extension/refs; regenerate with EXPORT_COMPARE=3.
+"""
+
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+import stat
+import sys
+import tempfile
+import time
+import unittest
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "inkscape_extension"))
+
+import inkex  # noqa: E402
+from inkex.tester import ComparisonMixin, TestCase  # noqa: E402
+from inkex.tester.inx import InxMixin  # noqa: E402
+
+import clipasso_sketch  # noqa: E402
+import engine_run  # noqa: E402
+import placement  # noqa: E402
+from clipasso_sketch import ClipassoSketch  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="engine wrapper is a shell script")
+
+DATA = os.path.join(REPO, "tests", "data", "extension")
+DOUBLE = os.path.join(REPO, "tests", "engine_double.py")
+ENV_KEYS = ("CLIPASSO_ENGINE_PYTHON", "CLIPASSO_NO_WINDOW", "ENGINE_DOUBLE_MODE", "ENGINE_DOUBLE_RECORD",
+            "ENGINE_DOUBLE_PIDS", "CLIPASSO_STALL_TIMEOUT", "DOCUMENT_PATH", "PYTHONPATH")
+
+
+def make_engine_wrapper(folder, python=sys.executable):
+    """An 'engine python' that runs the engine double whatever the arguments."""
+    path = os.path.join(folder, "engine-python")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f'#!/bin/sh\nexec "{python}" "{DOUBLE}" "$@"\n')
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class DoubleEngineMixin:
+    """Points the extension at the engine double, with no window and the log in a temp dir."""
+
+    @classmethod
+    def datadir(cls):
+        return DATA
+
+    def setUp(self):
+        super().setUp()
+        self._saved_env = {key: os.environ.get(key) for key in ENV_KEYS}
+        self._saved_tempdir = tempfile.tempdir
+        self._saved_config_path = clipasso_sketch.config_path
+        for key in ENV_KEYS:
+            os.environ.pop(key, None)
+        os.environ["CLIPASSO_ENGINE_PYTHON"] = make_engine_wrapper(self.tempdir)
+        os.environ["CLIPASSO_NO_WINDOW"] = "1"
+        self.record = os.path.join(self.tempdir, "record.jsonl")
+        os.environ["ENGINE_DOUBLE_RECORD"] = self.record
+        tempfile.tempdir = self.tempdir
+        self.log_path = os.path.join(self.tempdir, clipasso_sketch.LOG_NAME)
+        # never pick up a clipasso_engine.json lying in the checkout
+        clipasso_sketch.config_path = lambda: os.path.join(self.tempdir, "no-config", "clipasso_engine.json")
+
+    def tearDown(self):
+        clipasso_sketch.config_path = self._saved_config_path
+        tempfile.tempdir = self._saved_tempdir
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        super().tearDown()
+
+    def run_extension(self, *args, document="placement.svg"):
+        """-> (exit status or None, stderr text, output bytes, input bytes)."""
+        infile = os.path.join(DATA, document)
+        output, errors = io.BytesIO(), io.StringIO()
+        status = None
+        with contextlib.redirect_stderr(errors):
+            try:
+                ClipassoSketch().run([infile, *args], output=output)
+            except SystemExit as exit_:
+                status = exit_.code
+        with open(infile, "rb") as handle:
+            original = handle.read()
+        return status, errors.getvalue(), output.getvalue(), original
+
+    def recorded(self):
+        with open(self.record, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+
+# --- golden files -----------------------------------------------------------------------------
+class TestPlacementGolden(DoubleEngineMixin, ComparisonMixin, TestCase):
+    """One run per placement case; the double's stroke 1 runs through the canvas corners."""
+    effect_class = ClipassoSketch
+    compare_file = "placement.svg"
+    comparisons = [
+        ("--id=plain", "--strokes=3"),
+        ("--id=meet_mid", "--strokes=3"),
+        ("--id=align_xMinYMax_meet", "--strokes=3"),
+        ("--id=slice_xMaxYMin", "--strokes=3"),
+        ("--id=stretch_none", "--strokes=3"),
+        ("--id=rotated", "--strokes=3"),
+        ("--id=skewed", "--strokes=3"),
+        ("--id=autosize", "--strokes=3"),
+        ("--id=units_mm", "--strokes=3"),
+        ("--id=embedded", "--strokes=3"),
+        ("--id=nested", "--strokes=3"),
+        ("--id=toplevel", "--strokes=3"),
+        ("--id=topgroup", "--strokes=3"),
+        # several images x several levels, colour (red, half transparent) and layer name
+        ("--id=plain", "--id=rect1", "--id=rotated", "--strokes=2, 4", "--stroke_color=4278190208",
+         "--layer_name=Sketch"),
+    ]
+
+
+class TestMillimetreGolden(DoubleEngineMixin, ComparisonMixin, TestCase):
+    effect_class = ClipassoSketch
+    compare_file = "mm.svg"
+    comparisons = [("--id=photo", "--strokes=4")]
+
+
+# --- the .inx ---------------------------------------------------------------------------------
+class TestInx(InxMixin, TestCase):
+    def test_inx_file(self):
+        cwd = os.getcwd()
+        os.chdir(REPO)  # the .inx names its script relative to its own folder
+        try:
+            self.assertInxIsGood("clipasso.inx")
+        finally:
+            os.chdir(cwd)
+
+    def test_inx_contract(self):
+        from lxml import etree
+        ns = {"i": "http://www.inkscape.org/namespace/inkscape/extension"}
+        inx = etree.parse(os.path.join(REPO, "clipasso.inx"))
+        self.assertEqual(inx.findtext("i:id", namespaces=ns), "org.clipasso.clipasso_sketch")
+        self.assertEqual(inx.find("i:effect", ns).get("needs-live-preview"), "false")
+        self.assertEqual(inx.find("i:effect/i:effects-menu/i:submenu", ns).get("name"), "Generate from Image")
+        self.assertEqual(inx.findtext("i:script/i:command", namespaces=ns), "inkscape_extension/clipasso_sketch.py")
+        params = {p.get("name"): p for p in inx.iter("{%s}param" % ns["i"])}
+        self.assertEqual(params["strokes"].text, "16")
+        self.assertEqual(params["preset"].find("i:option", ns).get("value"), "fast")
+        help_text = "".join(inx.find(".//i:page[@name='help']", ns).itertext())
+        for word in ("Fast", "Balanced", "Paper", "Seeds", "background", "Cancel", "tens of minutes"):
+            self.assertIn(word, help_text)
+
+
+# --- errors: one sentence, document untouched ---------------------------------------------------
+class TestErrors(DoubleEngineMixin, TestCase):
+    def assertAborted(self, result, *phrases):
+        status, errors, output, _ = result
+        self.assertNotIn(status, (None, 0), errors)  # inkex.utils.ABORT_STATUS: 1 in 1.2, -5 in 1.4
+        self.assertEqual(output, b"", "the document must not be written on failure")
+        self.assertNotIn("Traceback", errors)
+        self.assertEqual(len(errors.strip().splitlines()), 1, errors)
+        for phrase in phrases:
+            self.assertIn(phrase, errors)
+        return errors
+
+    def test_nothing_selected(self):
+        self.assertAborted(self.run_extension(), "Select an image first")
+        self.assertFalse(os.path.exists(self.record), "the engine must not run")
+
+    def test_no_image_in_selection(self):
+        self.assertAborted(self.run_extension("--id=rect1"), "no raster image")
+        self.assertFalse(os.path.exists(self.record))
+
+    def test_missing_linked_file(self):
+        self.assertAborted(self.run_extension("--id=broken_link"), "was not found",
+                           os.path.join(DATA, "does_not_exist.png"), "relink or embed")
+
+    def test_web_link(self):
+        infile = os.path.join(self.tempdir, "web.svg")
+        with open(os.path.join(DATA, "placement.svg"), encoding="utf-8") as handle:
+            text = handle.read().replace('xlink:href="photo_30x60.png"/>\n    <g id="group_rot"',
+                                         'xlink:href="https://example.org/a.png"/>\n    <g id="group_rot"')
+        with open(infile, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        self.assertAborted(self.run_extension("--id=stretch_none", document=infile), "not a local file")
+
+    def test_no_engine(self):
+        os.environ.pop("CLIPASSO_ENGINE_PYTHON")
+        self.assertAborted(self.run_extension("--id=plain"), "not installed", "install.py")
+
+    def test_engine_python_missing(self):
+        os.environ["CLIPASSO_ENGINE_PYTHON"] = os.path.join(self.tempdir, "gone", "python")
+        self.assertAborted(self.run_extension("--id=plain"), "is missing", "install.py")
+
+    def test_config_file_is_used(self):
+        os.environ.pop("CLIPASSO_ENGINE_PYTHON")
+        folder = os.path.join(self.tempdir, "installed")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "clipasso_engine.json"), "w", encoding="utf-8") as handle:
+            json.dump({"python": make_engine_wrapper(self.tempdir), "venv": folder, "version": "0.1.0",
+                       "models_dir": "/models/here"}, handle)
+        clipasso_sketch.config_path = lambda: os.path.join(folder, "clipasso_engine.json")
+        status, errors, output, _ = self.run_extension("--id=plain", "--strokes=2")
+        self.assertIsNone(status, errors)
+        argv = self.recorded()[0]["argv"]
+        self.assertEqual(argv[argv.index("--models-dir") + 1], "/models/here")
+
+    def test_bad_strokes(self):
+        self.assertAborted(self.run_extension("--id=plain", "--strokes=lots"), "whole numbers")
+
+    def test_engine_error_event(self):
+        os.environ["ENGINE_DOUBLE_MODE"] = "error"
+        self.assertAborted(self.run_extension("--id=plain"), "not an image file", self.log_path)
+
+    def test_engine_crash(self):
+        os.environ["ENGINE_DOUBLE_MODE"] = "crash"
+        self.assertAborted(self.run_extension("--id=plain"), "stopped unexpectedly", self.log_path)
+        with open(self.log_path, encoding="utf-8") as handle:
+            self.assertIn("RuntimeError: boom", handle.read(), "engine stderr must go to the log")
+
+    def test_engine_exits_without_result(self):
+        os.environ["ENGINE_DOUBLE_MODE"] = "noresult"
+        self.assertAborted(self.run_extension("--id=plain"), "without a result", self.log_path)
+
+    def test_engine_stall_timeout(self):
+        os.environ["ENGINE_DOUBLE_MODE"] = "stubborn"
+        os.environ["CLIPASSO_STALL_TIMEOUT"] = "0.5"
+        self.assertAborted(self.run_extension("--id=plain"), "no sign of progress", self.log_path)
+
+    def test_failure_in_second_run_changes_nothing(self):
+        # the real engine rejects not_an_image.png; the double does the same
+        self.assertAborted(self.run_extension("--id=plain", "--id=not_image"), self.log_path)
+
+
+# --- what the engine is asked for -------------------------------------------------------------
+class TestEngineCommand(DoubleEngineMixin, TestCase):
+    def test_arguments(self):
+        status, errors, output, _ = self.run_extension(
+            "--id=plain", "--strokes=5", "--preset=paper", "--device=gpu", "--seeds=3",
+            "--mask_background=true")
+        self.assertIsNone(status, errors)
+        self.assertEqual(errors, "")
+        argv = self.recorded()[0]["argv"]
+        self.assertEqual(argv[:3], ["-m", "clipasso_engine", "sketch"])
+        options = dict(zip(argv[4::2], argv[5::2]))
+        self.assertEqual(options["--strokes"], "5")
+        self.assertEqual(options["--preset"], "paper")
+        self.assertIn(options["--device"], ("cuda", "mps"))
+        self.assertEqual(options["--seeds"], "3")
+        self.assertEqual(options["--progress"], "jsonl")
+        self.assertIn("--mask-background", argv)
+        self.assertEqual(argv[3], os.path.join(DATA, "photo_40x20.png"))
+
+    def test_defaults_leave_seeds_to_the_preset(self):
+        self.run_extension("--id=plain")
+        argv = self.recorded()[0]["argv"]
+        self.assertNotIn("--seeds", argv)
+        self.assertNotIn("--mask-background", argv)
+        self.assertEqual(argv[argv.index("--preset") + 1], "fast")
+        self.assertEqual(argv[argv.index("--strokes") + 1], "16")
+        self.assertEqual(argv[argv.index("--device") + 1], "auto")
+
+    def test_embedded_image_is_decoded(self):
+        self.run_extension("--id=embedded", "--strokes=2")
+        record = self.recorded()[0]
+        self.assertEqual(record["image_size"], [20, 10])
+        self.assertEqual(record["image_bytes"], 78)  # the base64 payload decoded
+
+    def test_levels_and_images(self):
+        status, errors, output, _ = self.run_extension("--id=plain", "--id=stretch_none", "--strokes=8,4 8")
+        self.assertIsNone(status, errors)
+        runs = [(r["image_size"], r["argv"][r["argv"].index("--strokes") + 1]) for r in self.recorded()]
+        self.assertEqual(runs, [([40, 20], "8"), ([40, 20], "4"), ([30, 60], "8"), ([30, 60], "4")])
+        svg = inkex.load_svg(io.BytesIO(output)).getroot()
+        labels = [layer.get("inkscape:label") for layer in svg.xpath("//svg:g[@inkscape:groupmode='layer']")]
+        self.assertEqual(labels.count("CLIPasso sketch \u2014 8 strokes"), 2)
+        self.assertEqual(labels.count("CLIPasso sketch \u2014 4 strokes"), 2)
+
+    def linked(self, href):
+        infile = os.path.join(self.tempdir, "sub", "linked.svg")
+        os.makedirs(os.path.dirname(infile), exist_ok=True)
+        with open(infile, "w", encoding="utf-8") as handle:
+            handle.write('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                         'width="100" height="100"><image id="im" width="40" height="20" '
+                         f'xlink:href="{href}"/></svg>')
+        return self.run_extension("--id=im", "--strokes=1", document=infile)
+
+    def test_absolute_and_file_uri_links(self):
+        photo = os.path.join(DATA, "photo_30x60.png")
+        for href in (photo, "file://" + photo):
+            status, errors, output, _ = self.linked(href)
+            self.assertIsNone(status, errors)
+            self.assertTrue(output.startswith(b"<"))
+        self.assertEqual([r["image_size"] for r in self.recorded()], [[30, 60], [30, 60]])
+
+    def test_relative_link_next_to_document(self):
+        folder = os.path.join(self.tempdir, "sub")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(DATA, "photo_30x60.png"), "rb") as src, \
+                open(os.path.join(folder, "my photo.png"), "wb") as dst:
+            dst.write(src.read())
+        status, errors, _, _ = self.linked("my%20photo.png")
+        self.assertIsNone(status, errors)
+        self.assertEqual(self.recorded()[0]["image_size"], [30, 60])
+
+    def test_inkscape_pythonpath_not_passed_to_engine(self):
+        env = {"PYTHONPATH": "/usr/share/inkscape/extensions", "PYTHONHOME": "/x", "KEEP": "1"}
+        saved = dict(os.environ)
+        try:
+            os.environ.update(env)
+            engine_env = ClipassoSketch.engine_environment()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        self.assertNotIn("PYTHONPATH", engine_env)
+        self.assertNotIn("PYTHONHOME", engine_env)
+        self.assertEqual(engine_env["KEEP"], "1")
+
+    def test_rerun_gives_fresh_ids(self):
+        status, _, first, _ = self.run_extension("--id=plain", "--strokes=2")
+        infile = os.path.join(self.tempdir, "again.svg")
+        with open(infile, "wb") as handle:
+            handle.write(first.replace(b'xlink:href="photo_40x20.png"',
+                                       ('xlink:href="%s"' % os.path.join(DATA, "photo_40x20.png")).encode()))
+        status, errors, second, _ = self.run_extension("--id=plain", "--strokes=2", document=infile)
+        self.assertIsNone(status, errors)
+        svg = inkex.load_svg(io.BytesIO(second)).getroot()
+        ids = svg.xpath("//@id")
+        self.assertEqual(len(ids), len(set(ids)))
+        self.assertIn("clipasso-layer-plain-2", ids)
+        self.assertIn("clipasso-layer-plain-2-2", ids)
+        self.assertIn("clipasso-plain-2-2-stroke-1", ids)
+
+
+# --- the placement arithmetic, checked against independently computed corners -----------------
+def element_corners(svg, image_id, rect=None):
+    """Rendered corners of an image in document coordinates, through inkex's own transforms.
+    rect: the raster's rendered rect in the element's user space (default: its x/y/width/height)."""
+    image = svg.getElementById(image_id)
+    if rect is None:
+        rect = tuple(float(image.get(k)) for k in ("x", "y", "width", "height"))
+    x, y, w, h = rect
+    ctm = image.composed_transform()
+    return [tuple(ctm.apply_to_point((px, py))) for px, py in ((x, y), (x + w, y), (x + w, y + h), (x, y + h))]
+
+
+def mapped_corners(svg, image_id, image_size):
+    """The extension's map, applied to the image's pixel corners (through the canvas)."""
+    image = svg.getElementById(image_id)
+    w, h = image_size
+    side = max(w, h)
+    canvas_to_image = (side / 224, 0, 0, side / 224, -(side - w) / 2, -(side - h) / 2)
+    attributes = {k: image.get(k) for k in ("x", "y", "width", "height")}
+    rect = placement.image_rect(attributes, image_size, (400, 300))
+    pixels = placement.image_placement(*rect, image_size, image.get("preserveAspectRatio"))
+    matrix = placement.canvas_to_layer(canvas_to_image, pixels, tuple(image.composed_transform().to_hexad()),
+                                       placement.IDENTITY)
+    to_canvas = placement.invert(canvas_to_image)
+    return [placement.apply(matrix, *placement.apply(to_canvas, px, py))
+            for px, py in ((0, 0), (w, 0), (w, h), (0, h))]
+
+
+class TestPlacementMath(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.svg = inkex.load_svg(os.path.join(DATA, "placement.svg")).getroot()
+
+    def check(self, image_id, image_size, expected, places=9):
+        found = mapped_corners(self.svg, image_id, image_size)
+        for (fx, fy), (ex, ey) in zip(found, expected):
+            self.assertAlmostEqual(fx, ex, places, f"{image_id}: {found} != {expected}")
+            self.assertAlmostEqual(fy, ey, places, f"{image_id}: {found} != {expected}")
+
+    def test_exact_aspect_matches_bounding_box(self):
+        self.check("plain", (40, 20), element_corners(self.svg, "plain"))
+        bbox = self.svg.getElementById("plain").bounding_box(
+            self.svg.getElementById("plain").getparent().composed_transform())
+        self.assertEqual((bbox.left, bbox.top, bbox.right, bbox.bottom), (10, 20, 90, 60))
+
+    def test_meet_mid_by_hand(self):  # 40x20 into 80x80: scale 2, 80x40, centred vertically
+        self.check("meet_mid", (40, 20), [(100, 40), (180, 40), (180, 80), (100, 80)])
+
+    def test_xMinYMax_meet_by_hand(self):
+        self.check("align_xMinYMax_meet", (40, 20), [(200, 60), (280, 60), (280, 100), (200, 100)])
+
+    def test_xMaxYMin_slice_by_hand(self):  # scale 3: 120x60 overflowing to the left
+        self.check("slice_xMaxYMin", (40, 20), [(240, 20), (360, 20), (360, 80), (240, 80)])
+
+    def test_none_stretches_to_the_rect(self):
+        self.check("stretch_none", (30, 60), element_corners(self.svg, "stretch_none"))
+
+    def test_rotation_by_hand(self):
+        # rect (125,125)-(155,185) after the image's translate(5,5), rotated 30 deg about (150,150)
+        c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+        rot = lambda x, y: (150 + c * (x - 150) - s * (y - 150), 150 + s * (x - 150) + c * (y - 150))
+        self.check("rotated", (30, 60), [rot(125, 125), rot(155, 125), rot(155, 185), rot(125, 185)])
+
+    def test_skew_by_hand(self):
+        # skewX(20) scale(1.5,1): (x, y) -> (1.5 x + tan20 y, y), rect (220,120)-(260,140)
+        t = math.tan(math.radians(20))
+        sk = lambda x, y: (1.5 * x + t * y, y)
+        self.check("skewed", (40, 20), [sk(220, 120), sk(260, 120), sk(260, 140), sk(220, 140)])
+
+    def test_auto_size_is_pixel_size(self):
+        self.check("autosize", (30, 60), [(300, 200), (330, 200), (330, 260), (300, 260)])
+
+    def test_units_on_attributes(self):
+        mm = 96 / 25.4
+        self.check("units_mm", (40, 20), [(5 * mm, 192), (25 * mm, 192), (25 * mm, 192 + 10 * mm), (5 * mm, 192 + 10 * mm)])
+
+    def test_nine_alignments_meet_and_slice(self):
+        # 40x20 raster in a 60x60 box at (0,0): meet -> 60x30, slice -> 120x60
+        for ax, fx in (("xMin", 0), ("xMid", 0.5), ("xMax", 1)):
+            for ay, fy in (("YMin", 0), ("YMid", 0.5), ("YMax", 1)):
+                for mode, (w, h) in (("meet", (60, 30)), ("slice", (120, 60))):
+                    m = placement.image_placement(0, 0, 60, 60, (40, 20), f"{ax}{ay} {mode}")
+                    x0, y0 = (60 - w) * fx, (60 - h) * fy
+                    self.assertEqual(placement.apply(m, 0, 0), (x0, y0), (ax, ay, mode))
+                    self.assertEqual(placement.apply(m, 40, 20), (x0 + w, y0 + h), (ax, ay, mode))
+
+    def test_layer_inverse(self):
+        # an image inside a scaled layer, new layer under a translated parent: corners land in the
+        # parent's coordinates, i.e. the document position mapped by the parent's inverse
+        layer_ctm = (2, 0, 0, 2, 10, 0)
+        m = placement.canvas_to_layer(placement.IDENTITY, placement.IDENTITY, (1, 0, 0, 1, 30, 40), layer_ctm)
+        self.assertEqual(placement.apply(m, 0, 0), (10, 20))
+        self.assertEqual(placement.apply(m, 4, 2), (12, 21))
+
+    def test_width_scale(self):
+        self.assertAlmostEqual(placement.width_scale((0, 2, -2, 0, 5, 5)), 2)  # rotation + scale 2
+        self.assertAlmostEqual(placement.width_scale((1.5, 0, 0.36, 1, 0, 0)), math.sqrt(1.5))  # skew
+        self.assertAlmostEqual(placement.width_scale((4, 0, 0, 1, 0, 0)), 2)  # geometric mean
+
+    def test_parse_preserve_aspect_ratio(self):
+        self.assertEqual(placement.parse_preserve_aspect_ratio(None), ("xMidYMid", "meet"))
+        self.assertEqual(placement.parse_preserve_aspect_ratio("defer xMaxYMin slice"), ("xMaxYMin", "slice"))
+        self.assertEqual(placement.parse_preserve_aspect_ratio("none"), ("none", "meet"))
+        self.assertEqual(placement.parse_preserve_aspect_ratio("bogus"), ("xMidYMid", "meet"))
+
+    def test_path_data_is_plain_numbers(self):
+        d = placement.stroke_path_data([[0, 0], [1, 0], [1, 1], [0, 1]], (2, 0, 0, 2, -0.00001, 0.5))
+        self.assertEqual(d, "M 0,0.5 C 2,0.5 2,2.5 0,2.5")
+
+    def test_golden_stroke_widths_and_corners(self):
+        """The golden output's stroke 1 (through the canvas corners) and width, for one case."""
+        out = inkex.load_svg(os.path.join(DATA, "refs", "clipasso_sketch__--id__meet_mid__--strokes__3.out"))
+        path = out.getroot().getElementById("clipasso-meet_mid-3-stroke-1")
+        self.assertEqual(path.get("d"), "M 100,20 C 180,20 180,100 100,100")  # canvas = 80x80 box
+        self.assertIn("stroke-width:1.0714", path.get("style"))  # 3 px * (80 / 224)
+
+
+# --- the process side: events, ETA, cancel ------------------------------------------------------
+class TestEngineRun(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="clipasso-run-")
+        self.photo = os.path.join(DATA, "photo_40x20.png")
+        self.log_path = os.path.join(self.folder, "log.txt")
+
+    def command(self, mode):
+        return ["env", f"ENGINE_DOUBLE_MODE={mode}", f"ENGINE_DOUBLE_PIDS={self.folder}/pids",
+                sys.executable, DOUBLE, "sketch", self.photo, "-o", os.path.join(self.folder, "out.svg"),
+                "--strokes", "2"]
+
+    def test_parse_event(self):
+        self.assertEqual(engine_run.parse_event('{"event":"progress","iteration":3}\n')["iteration"], 3)
+        for line in ("", "hello", "{broken", "[1,2]", '{"no_event": 1}', '{"event": 5}'):
+            self.assertIsNone(engine_run.parse_event(line), line)
+
+    def test_format_eta(self):
+        self.assertEqual(engine_run.format_eta(12.4), "about 12 s left")
+        self.assertEqual(engine_run.format_eta(95), "about 1 min 35 s left")
+        self.assertEqual(engine_run.format_eta(4000), "about 1 h 06 min left")
+        for bad in (None, "x", float("nan"), -1):
+            self.assertEqual(engine_run.format_eta(bad), "estimating time left")
+
+    def test_describe_progress(self):
+        fraction, text = engine_run.describe_progress(
+            {"event": "progress", "iteration": 30, "total": 120, "loss": 1.23456, "eta": 90})
+        self.assertEqual(fraction, 0.25)
+        self.assertEqual(text, "Iteration 30 of 120 \u00b7 loss 1.2346 \u00b7 about 1 min 30 s left")
+        self.assertEqual(engine_run.describe_progress({"iteration": 0, "total": 0})[0], 0.0)
+
+    def run_blocking(self, mode, **kwargs):
+        events = []
+        with open(self.log_path, "wb") as log:
+            try:
+                return events, engine_run.run_blocking(self.command(mode), log, self.log_path,
+                                                       on_event=events.append, **kwargs)
+            except engine_run.EngineFailed as failure:
+                return events, failure
+
+    def test_result_and_stray_stdout(self):
+        events, result = self.run_blocking("garbage")
+        self.assertEqual(result["event"], "result")
+        self.assertEqual(len(result["strokes"]), 2)
+        self.assertEqual([e["event"] for e in events][:2], ["start", "status"])
+        with open(self.log_path, encoding="utf-8") as handle:
+            self.assertIn("[stdout] some library printing on stdout", handle.read())
+
+    def cancel_after_progress(self, mode):
+        """Run the double, cancel as soon as a progress event arrives; -> seconds it all took."""
+        seen, failure = [], None
+        started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            try:
+                engine_run.run_blocking(self.command(mode), log, self.log_path, on_event=seen.append,
+                                        should_cancel=lambda: any(e["event"] == "progress" for e in seen))
+            except engine_run.EngineCancelled as cancelled:
+                failure = cancelled
+        self.assertIsInstance(failure, engine_run.EngineCancelled)
+        self.assertIn("not changed", str(failure))
+        return time.monotonic() - started
+
+    def test_cancel_polite_engine(self):
+        took = self.cancel_after_progress("hang")
+        self.assertLess(took, engine_run.STOP_GRACE_S + 2, "closing stdin should stop it at once")
+        self.assertFalse(engine_run.LIVE)
+
+    def test_cancel_kills_stubborn_engine_and_its_children(self):
+        self.cancel_after_progress("spawn")
+        with open(os.path.join(self.folder, "pids"), encoding="utf-8") as handle:
+            pids = [int(p) for p in handle.read().split()]
+        deadline = time.monotonic() + 2
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse([pid for pid in pids if alive(pid)], "engine or its child survived the cancel")
+
+    def test_engine_exits_when_stdin_closes(self):
+        with open(self.log_path, "wb") as log:
+            engine = engine_run.EngineProcess(self.command("hang"), log)
+            while engine.last_progress is None:
+                engine.drain(timeout=0.1)
+            engine.process.stdin.close()
+            self.assertIn(engine.process.wait(timeout=5), (130,))
+            engine.stop()
+
+    def test_unstartable_engine(self):
+        with open(self.log_path, "wb") as log:
+            with self.assertRaises(engine_run.EngineFailed) as caught:
+                engine_run.EngineProcess([os.path.join(self.folder, "nope")], log)
+        self.assertIn("install.py", str(caught.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
