@@ -310,8 +310,9 @@ class ClipassoSketch(inkex.EffectExtension):
         for path in layer:
             path.tail = lead + "  "
         layer[-1].tail = lead
-        layer.tail, anchor.tail = anchor.tail, lead
-        anchor.addnext(layer)
+        after = anchor.tail
+        anchor.addnext(layer)  # (lxml may move tails around here: set them after)
+        layer.tail, anchor.tail = after, lead
         return layer
 
     def effect(self):

@@ -141,6 +141,53 @@ class TestMillimetreGolden(DoubleEngineMixin, ComparisonMixin, TestCase):
     comparisons = [("--id=photo", "--strokes=4")]
 
 
+# --- the same bytes under Debian's inkex 1.2, run as Inkscape runs the script ----------------------
+SYSTEM_PYTHON = "/usr/bin/python3"
+INKSCAPE_EXTENSIONS = "/usr/share/inkscape/extensions"
+HAVE_INKEX_12 = os.path.isfile(os.path.join(INKSCAPE_EXTENSIONS, "inkex", "__init__.py")) and \
+    os.access(SYSTEM_PYTHON, os.X_OK)
+
+
+@unittest.skipUnless(HAVE_INKEX_12, "needs Inkscape's own inkex (Debian: apt install inkscape)")
+class TestInkex12(DoubleEngineMixin, TestCase):
+    """The script as Inkscape starts it: its folder as cwd, Inkscape's extensions on PYTHONPATH,
+    the document as the last argument, the new document on stdout. Output must equal the goldens
+    written under inkex 1.4, byte for byte."""
+    effect_class = ClipassoSketch  # names the golden files, as in the comparison tests
+    CASES = [(("--id=rotated", "--strokes=3"), "placement.svg"),
+             (("--id=skewed", "--strokes=3"), "placement.svg"),
+             (("--id=nested", "--strokes=3"), "placement.svg"),
+             (("--id=embedded", "--strokes=3"), "placement.svg"),
+             (("--id=plain", "--id=rect1", "--id=rotated", "--strokes=2, 4", "--stroke_color=4278190208",
+               "--layer_name=Sketch"), "placement.svg"),
+             (("--id=photo", "--strokes=4"), "mm.svg")]
+
+    def run_script(self, args, document):
+        import subprocess
+        env = dict(os.environ, PYTHONPATH=INKSCAPE_EXTENSIONS,
+                   CLIPASSO_ENGINE_PYTHON=make_engine_wrapper(self.tempdir, SYSTEM_PYTHON),
+                   TMPDIR=self.tempdir)
+        return subprocess.run([SYSTEM_PYTHON, "clipasso_sketch.py", *args, os.path.join(DATA, document)],
+                              cwd=os.path.join(REPO, "inkscape_extension"), env=env,
+                              capture_output=True, timeout=60)
+
+    def test_goldens_under_inkex_12(self):
+        for args, document in self.CASES:
+            with self.subTest(args=args):
+                done = self.run_script(args, document)
+                self.assertEqual(done.stderr, b"")
+                self.assertEqual(done.returncode, 0)
+                with open(ComparisonMixin.get_compare_cmpfile(self, args), "rb") as handle:
+                    self.assertEqual(done.stdout, handle.read())
+
+    def test_error_under_inkex_12(self):
+        os.environ["ENGINE_DOUBLE_MODE"] = "crash"
+        done = self.run_script(("--id=plain",), "placement.svg")
+        self.assertEqual(done.stdout, b"")
+        self.assertIn(b"stopped unexpectedly", done.stderr)
+        self.assertEqual(len(done.stderr.strip().splitlines()), 1)
+
+
 # --- the .inx ---------------------------------------------------------------------------------
 class TestInx(InxMixin, TestCase):
     def test_inx_file(self):
