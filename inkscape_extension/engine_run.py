@@ -205,7 +205,7 @@ def stop_all(grace_s=STOP_GRACE_S):
 
 
 def run_blocking(command, log_file, log_path, env=None, on_event=None, should_cancel=None,
-                 stall_timeout_s=STALL_TIMEOUT_S, poll_s=0.2):
+                 stall_timeout_s=STALL_TIMEOUT_S, poll_s=0.2, stop_grace_s=STOP_GRACE_S):
     """Run the engine to the end without a window; returns the result event.
     should_cancel() is polled every poll_s; True stops the engine and raises EngineCancelled."""
     engine = EngineProcess(command, log_file, env)
@@ -222,4 +222,4 @@ def run_blocking(command, log_file, log_path, env=None, on_event=None, should_ca
                                    f"are in {log_path}")
         return engine.outcome(log_path)
     finally:
-        engine.stop()
+        engine.stop(stop_grace_s)

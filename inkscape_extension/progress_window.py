@@ -30,9 +30,10 @@ def available():
         return False
 
 
-def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIMEOUT_S):
+def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIMEOUT_S, on_shown=None):
     """jobs: list of (title, command); start(command) -> EngineProcess.
-    Returns the result events in job order, or raises EngineFailed / EngineCancelled."""
+    Returns the result events in job order, or raises EngineFailed / EngineCancelled.
+    on_shown(window, cancel_button) is called once the window is up (tests drive it with that)."""
     import gi
     gi.require_version("Gtk", "3.0")
     from gi.repository import GLib, Gtk
@@ -77,6 +78,8 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
     def on_cancel(*_):
         status.set_text("Cancelling\u2026")
         cancel.set_sensitive(False)
+        while Gtk.events_pending():  # show that before stopping the engine (up to a few seconds)
+            Gtk.main_iteration()
         finish(engine_run.EngineCancelled("Cancelled: the document was not changed."))
         return True  # for delete-event: we close the window ourselves
 
@@ -126,6 +129,8 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
         raise
     window.show_all()
     GLib.timeout_add(POLL_MS, tick)
+    if on_shown is not None:
+        on_shown(window, cancel)
     try:
         Gtk.main()
     finally:

@@ -188,6 +188,80 @@ class TestInkex12(DoubleEngineMixin, TestCase):
         self.assertEqual(len(done.stderr.strip().splitlines()), 1)
 
 
+# --- the GTK progress window, under Xvfb with the system Python's gi ------------------------------
+WINDOW_SCRIPT = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import engine_run, progress_window
+from gi.repository import GLib
+folder, double, photo, how = sys.argv[2:6]
+log = open(os.path.join(folder, "log"), "wb")
+def command(mode):
+    return ["env", "ENGINE_DOUBLE_MODE=" + mode, sys.executable, double, "sketch", photo,
+            "-o", os.path.join(folder, "out.svg"), "--strokes", "2"]
+started = []
+def start(cmd):
+    started.append(engine_run.EngineProcess(cmd, log))
+    return started[-1]
+def shown(window, cancel):
+    if how == "button":
+        GLib.timeout_add(700, lambda: cancel.clicked() and False)
+    elif how == "close":
+        GLib.timeout_add(700, lambda: window.close() and False)
+report = {"available": progress_window.available()}
+try:
+    jobs = [("one", command("ok")), ("two", command("ok"))] if how == "none" else [("one", command("hang"))]
+    results = progress_window.run_with_window(jobs, start, "LOG", on_shown=shown)
+    report["results"] = [r["event"] for r in results]
+except engine_run.EngineFailed as failure:
+    report["failure"] = type(failure).__name__
+report["exit_codes"] = [e.process.poll() for e in started]
+print(json.dumps(report))
+"""
+
+
+def system_gtk_available():
+    import shutil
+    import subprocess
+    if not (shutil.which("xvfb-run") and os.access(SYSTEM_PYTHON, os.X_OK)):
+        return False
+    probe = "import gi; gi.require_version('Gtk', '3.0'); from gi.repository import Gtk"
+    return subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+@unittest.skipUnless(system_gtk_available(), "needs xvfb-run and GTK 3 for the system Python")
+class TestProgressWindow(unittest.TestCase):
+    def run_window(self, how):
+        import subprocess
+        folder = tempfile.mkdtemp(prefix="clipasso-window-")
+        script = os.path.join(folder, "window.py")
+        with open(script, "w", encoding="utf-8") as handle:
+            handle.write(WINDOW_SCRIPT)
+        env = {k: v for k, v in os.environ.items() if k not in ("CLIPASSO_NO_WINDOW", "DISPLAY")}
+        done = subprocess.run(["xvfb-run", "-a", SYSTEM_PYTHON, script, os.path.join(REPO, "inkscape_extension"),
+                               folder, DOUBLE, os.path.join(DATA, "photo_40x20.png"), how],
+                              capture_output=True, timeout=120, env=env)
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+    def test_runs_every_job(self):
+        report = self.run_window("none")
+        self.assertTrue(report["available"])
+        self.assertEqual(report["results"], ["result", "result"])
+        self.assertEqual(report["exit_codes"], [0, 0])
+
+    def test_cancel_button_stops_the_engine(self):
+        report = self.run_window("button")
+        self.assertEqual(report.get("failure"), "EngineCancelled")
+        self.assertEqual(len(report["exit_codes"]), 1)
+        self.assertIsNotNone(report["exit_codes"][0], "engine still running after Cancel")
+
+    def test_closing_the_window_cancels(self):
+        report = self.run_window("close")
+        self.assertEqual(report.get("failure"), "EngineCancelled")
+        self.assertIsNotNone(report["exit_codes"][0])
+
+
 # --- the .inx ---------------------------------------------------------------------------------
 class TestInx(InxMixin, TestCase):
     def test_inx_file(self):
@@ -286,7 +360,7 @@ class TestErrors(DoubleEngineMixin, TestCase):
         self.assertAborted(self.run_extension("--id=plain"), "without a result", self.log_path)
 
     def test_engine_stall_timeout(self):
-        os.environ["ENGINE_DOUBLE_MODE"] = "stubborn"
+        os.environ["ENGINE_DOUBLE_MODE"] = "hang"
         os.environ["CLIPASSO_STALL_TIMEOUT"] = "0.5"
         self.assertAborted(self.run_extension("--id=plain"), "no sign of progress", self.log_path)
 
@@ -560,14 +634,15 @@ class TestEngineRun(unittest.TestCase):
         with open(self.log_path, encoding="utf-8") as handle:
             self.assertIn("[stdout] some library printing on stdout", handle.read())
 
-    def cancel_after_progress(self, mode):
+    def cancel_after_progress(self, mode, stop_grace_s=engine_run.STOP_GRACE_S):
         """Run the double, cancel as soon as a progress event arrives; -> seconds it all took."""
         seen, failure = [], None
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             try:
                 engine_run.run_blocking(self.command(mode), log, self.log_path, on_event=seen.append,
-                                        should_cancel=lambda: any(e["event"] == "progress" for e in seen))
+                                        should_cancel=lambda: any(e["event"] == "progress" for e in seen),
+                                        stop_grace_s=stop_grace_s)
             except engine_run.EngineCancelled as cancelled:
                 failure = cancelled
         self.assertIsInstance(failure, engine_run.EngineCancelled)
@@ -580,7 +655,8 @@ class TestEngineRun(unittest.TestCase):
         self.assertFalse(engine_run.LIVE)
 
     def test_cancel_kills_stubborn_engine_and_its_children(self):
-        self.cancel_after_progress("spawn")
+        took = self.cancel_after_progress("spawn", stop_grace_s=0.5)
+        self.assertGreater(took, 1.0, "both grace periods must have been waited (it ignores stdin and SIGTERM)")
         with open(os.path.join(self.folder, "pids"), encoding="utf-8") as handle:
             pids = [int(p) for p in handle.read().split()]
         deadline = time.monotonic() + 2
