@@ -1,0 +1,320 @@
+"""Through real Inkscape (headless, under Xvfb): install.py puts the extension into a temporary Inkscape
+profile, Inkscape runs the effect on an image under nested transforms, the real engine (generated
+weights, a couple of iterations) draws, and the output SVG gets a layer of strokes lying on the image.
+A second run is killed mid-way: no engine process may survive, and the document stays as it was.
+
+Nothing here touches the real Inkscape profile (INKSCAPE_PROFILE_DIR) or the developer's venv (the
+engine goes into a throwaway venv that borrows this interpreter's torch, see _install_helpers).
+About a minute on 2 quiet CPU cores (install ~15 s, weights ~10 s, three Inkscape runs), more under load.
+"""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _install_helpers import REPO, make_overlay_venv, run_install
+
+pytestmark = [
+    pytest.mark.inkscape,
+    pytest.mark.skipif(not (shutil.which("inkscape") and shutil.which("xvfb-run") and shutil.which("timeout")),
+                       reason="needs inkscape, xvfb-run and timeout"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc"),
+]
+
+EXTENSION_ID = "org.clipasso.clipasso_sketch"
+ACTION = "org.clipasso.clipasso-sketch.noprefs"
+STROKES = 4
+PIXELS = (96, 64)                  # the test photo: one small ring near its top-left corner, on white
+RING_BOX = (6, 6, 30, 30)          # the ring's box in image pixels (x0, y0, x1, y1): the only ink there is
+
+# The image's place in the document: nested transforms, built from these numbers both as SVG text and
+# as matrices, so the test computes where the image lies independently of inkex and of the extension.
+LAYER_TRANSLATE = (20.0, 10.0)
+GROUP_ROTATE = (-60.0, 150.0, 100.0)   # degrees about (cx, cy)
+GROUP_SCALE = 1.5
+IMAGE_XYWH = (30.0, 40.0, 144.0, 64.0)  # preserveAspectRatio="none": 96x64 px stretched 1.5x in x only
+
+
+def translate(tx, ty):
+    return np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1.0]])
+
+
+def rotate(deg, cx, cy):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return translate(cx, cy) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ translate(-cx, -cy)
+
+
+def scale(k):
+    return np.diag([k, k, 1.0])
+
+
+def image_pixels_to_document() -> np.ndarray:
+    x, y, w, h = IMAGE_XYWH
+    place = translate(x, y) @ np.diag([w / PIXELS[0], h / PIXELS[1], 1.0])
+    return translate(*LAYER_TRANSLATE) @ rotate(*GROUP_ROTATE) @ scale(GROUP_SCALE) @ place
+
+
+def photo_png() -> bytes:
+    from PIL import Image, ImageDraw
+    image = Image.new("RGB", PIXELS, "white")
+    ImageDraw.Draw(image).ellipse(RING_BOX, outline="black", width=3)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def document_text() -> str:
+    href = "data:image/png;base64," + base64.b64encode(photo_png()).decode()
+    x, y, w, h = IMAGE_XYWH
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"
+     xmlns:inkscape="http://www.inkscape.org/namespaces/inkscape"
+     width="400" height="300" viewBox="0 0 400 300">
+  <g id="layer1" inkscape:groupmode="layer" inkscape:label="Photo" transform="translate({LAYER_TRANSLATE[0]},{LAYER_TRANSLATE[1]})">
+    <g id="g1" transform="rotate({GROUP_ROTATE[0]},{GROUP_ROTATE[1]},{GROUP_ROTATE[2]}) scale({GROUP_SCALE})">
+      <image id="img1" x="{x}" y="{y}" width="{w}" height="{h}" preserveAspectRatio="none" xlink:href="{href}"/>
+    </g>
+  </g>
+</svg>
+"""
+
+
+def preferences_xml(**params) -> str:
+    """Parameters for `.noprefs` runs: the only way to pass them headless in Inkscape 1.2 (INKSCAPE.md)."""
+    attrs = " ".join(f'{EXTENSION_ID}.{name}="{value}"' for name, value in params.items())
+    return ('<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
+            '<inkscape xmlns:sodipodi="http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd" '
+            'xmlns:inkscape="http://www.inkscape.org/namespaces/inkscape" version="1">\n'
+            f'  <group id="extensions" {attrs} />\n</inkscape>\n')
+
+
+# ---------------------------------------------------------------------------------------------------
+# Processes
+
+def processes_with_marker(marker: str, *words: str) -> list:
+    """pids whose environment carries `marker` and whose command line holds all `words`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not all(word in cmdline for word in words):
+                continue
+            if marker.encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def wait_for(predicate, timeout: float, step: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures: one install, one set of weights, for both tests
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """install.py into a fresh Inkscape profile (found by asking `inkscape --user-data-directory`
+    with INKSCAPE_PROFILE_DIR set, as on a user's machine), the engine in a throwaway venv."""
+    root = tmp_path_factory.mktemp("inkscape_real")
+    profile = root / "profile"
+    venv = make_overlay_venv(root / "venv")
+    out = run_install("--venv", venv, env={"INKSCAPE_PROFILE_DIR": str(profile)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (profile / "extensions" / "clipasso" / "clipasso.inx").is_file(), out.stdout
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from fake_weights import make_test_weights
+    weights = root / "weights"
+    make_test_weights(weights, names=("RN101", "ViT-B-32"))
+    return {"root": root, "profile": profile, "venv": venv, "weights": weights}
+
+
+def engine_takes_iterations_from_env(venv: Path) -> bool:
+    cli = subprocess.run([str(venv / "bin" / "python"), "-c",
+                          "import clipasso_engine.cli as c, inspect; print('CLIPASSO_ITERATIONS' in inspect.getsource(c))"],
+                         capture_output=True, text=True, cwd="/")
+    return cli.stdout.strip() == "True"
+
+
+def run_inkscape(installed, name: str, iterations: int, preset="fast"):
+    """Start Inkscape on a fresh copy of the test document; returns (process, paths, env marker)."""
+    work = installed["root"] / name
+    work.mkdir()
+    (installed["profile"] / "preferences.xml").write_text(
+        preferences_xml(strokes=STROKES, preset=preset, device="cpu", seeds=1))
+    document = work / "in.svg"
+    document.write_text(document_text())
+    output = work / "out.svg"
+    marker = f"CLIPASSO_TEST_RUN={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CLIPASSO_"))}
+    env.update({"INKSCAPE_PROFILE_DIR": str(installed["profile"]), "CLIPASSO_MODELS_DIR": str(installed["weights"]),
+                "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "CLIPASSO_ITERATIONS": str(iterations),
+                marker.split("=")[0]: marker.split("=")[1],
+                "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")})
+    if not engine_takes_iterations_from_env(installed["venv"]):
+        # Until the engine reads CLIPASSO_ITERATIONS: an interpreter shim that appends --iterations.
+        shim = work / "engine-python"
+        shim.write_text(f'#!/bin/sh\nexec "{installed["venv"]}/bin/python" "$@" --iterations {iterations}\n')
+        shim.chmod(0o755)
+        env["CLIPASSO_ENGINE_PYTHON"] = str(shim)
+    actions = f"select-by-id:img1;{ACTION};export-filename:{output};export-do"
+    with open(work / "inkscape.log", "w") as log:
+        process = subprocess.Popen(["timeout", "--kill-after=10", "300", "xvfb-run", "-a", "inkscape",
+                                    "--batch-process", f"--actions={actions}", str(document)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(work),
+                                   start_new_session=True)
+    return process, {"work": work, "document": document, "output": output, "log": work / "inkscape.log"}, marker
+
+
+def diagnostics(paths) -> str:
+    texts = []
+    for name in ("inkscape.log", "clipasso-sketch.log"):
+        path = paths["work"] / name
+        if path.exists():
+            texts.append(f"--- {name}\n{path.read_text(errors='replace')[-3000:]}")
+    return "\n".join(texts)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def test_sketch_layer_lies_on_the_image(installed):
+    import inkex
+    process, paths, marker = run_inkscape(installed, "sketch", iterations=2)
+    process.wait(timeout=330)
+    log = paths["log"].read_text(errors="replace")
+    assert "could not find action" not in log, diagnostics(paths)
+    assert paths["output"].exists(), diagnostics(paths)
+    assert not processes_with_marker(marker, "clipasso_engine")
+
+    svg = inkex.load_svg(str(paths["output"])).getroot()
+    layers = [g for g in svg.iter("{http://www.w3.org/2000/svg}g")
+              if g.get("{http://www.inkscape.org/namespaces/inkscape}groupmode") == "layer"
+              and (g.get("id") or "").startswith("clipasso-layer-")]
+    assert len(layers) == 1, diagnostics(paths)
+    layer = layers[0]
+    assert layer.getparent() is svg   # a top-level layer, right after the photo's layer
+    paths_ = [p for p in layer.iter("{http://www.w3.org/2000/svg}path")]
+    assert len(paths_) == STROKES
+
+    # Every stroke, sampled along its curves in document space and mapped back to the photo's pixels,
+    # lies on the small ring, the photo's only ink (strokes start on ink; two steps move them little).
+    # Leaving out any one of the transforms, or the aspect stretch, moves them off it by 15-60 px.
+    to_pixels = np.linalg.inv(image_pixels_to_document())
+    x0, y0, x1, y1 = RING_BOX
+    margin = 8.0
+    for path in paths_:
+        matrix = np.array(inkex.Transform(path.composed_transform()).matrix + ((0, 0, 1),))
+        points = []
+        for sub in inkex.Path(path.get("d")).to_superpath():
+            for (_, p0, c0), (c1, p1, _) in zip(sub, sub[1:]):
+                p0, c0, c1, p1 = map(np.array, (p0, c0, c1, p1))
+                for t in np.linspace(0, 1, 9):
+                    points.append((1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * c0 + 3 * (1 - t) * t ** 2 * c1 + t ** 3 * p1)
+        assert points, path.get("d")
+        homogeneous = np.c_[np.array(points), np.ones(len(points))]
+        pixels = (to_pixels @ matrix @ homogeneous.T).T[:, :2]
+        assert (pixels[:, 0] > x0 - margin).all() and (pixels[:, 0] < x1 + margin).all(), pixels
+        assert (pixels[:, 1] > y0 - margin).all() and (pixels[:, 1] < y1 + margin).all(), pixels
+
+    # 3 canvas px wide, scaled like the image (canvas 224 px = 96 image px; then the image's placement,
+    # whose x/y stretch differ: the geometric mean, sqrt|det|, keeps the ink area)
+    width = float(re.search(r"stroke-width:([0-9.]+)", paths_[0].get("style")).group(1))
+    expected = 3.0 * max(PIXELS) / 224 * np.sqrt(abs(np.linalg.det(image_pixels_to_document()[:2, :2])))
+    assert width == pytest.approx(expected, rel=1e-3)
+
+    image = svg.getElementById("img1")   # the photo itself is untouched
+    assert image is not None and float(image.get("width")) == IMAGE_XYWH[2]
+
+
+def resident_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return float(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024 if "VmRSS" in status else 0.0
+
+
+def start_long_run(installed, name):
+    """Inkscape running the effect with an engine set to draw for hours; returns once the engine has
+    loaded its models (its memory passes ~1 GB: torch alone is ~0.7 GB), i.e. mid-run."""
+    process, paths, marker = run_inkscape(installed, name, iterations=100000, preset="balanced")
+    engines = wait_for(lambda: processes_with_marker(marker, "clipasso_engine", "sketch"), timeout=120)
+    assert engines, "the engine never started\n" + diagnostics(paths)
+    loaded = wait_for(lambda: resident_mb(engines[0]) > 1000, timeout=180, step=0.5)
+    assert loaded, f"the engine did not get to drawing ({resident_mb(engines[0]):.0f} MB)\n" + diagnostics(paths)
+    time.sleep(1.0)
+    assert processes_with_marker(marker, "clipasso_engine", "sketch"), diagnostics(paths)
+    return process, paths, marker
+
+
+def kill_leftovers(marker):
+    for pid in processes_with_marker(marker, ""):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_stopping_the_extension_mid_run_stops_the_engine_and_leaves_the_document(installed):
+    """What Inkscape (or a user's kill) does to a running extension: SIGTERM to the script. The engine
+    must go with it, and Inkscape carries on with the document as it was."""
+    import inkex
+    process, paths, marker = start_long_run(installed, "terminate")
+    try:
+        scripts = processes_with_marker(marker, "clipasso_sketch.py")
+        assert scripts, diagnostics(paths)
+        for pid in scripts:
+            os.kill(pid, signal.SIGTERM)
+        assert wait_for(lambda: not processes_with_marker(marker, "clipasso_engine"), timeout=30), \
+            f"engine processes survived: {processes_with_marker(marker, 'clipasso_engine')}"
+        process.wait(timeout=120)
+        assert paths["output"].exists(), diagnostics(paths)   # Inkscape went on to export ...
+        svg = inkex.load_svg(str(paths["output"])).getroot()
+        assert not svg.xpath("//*[starts-with(@id, 'clipasso-')]")  # ... the document as it was
+        assert not svg.xpath("//svg:path")
+        image = svg.getElementById("img1")
+        assert image is not None and float(image.get("width")) == IMAGE_XYWH[2]
+        assert paths["document"].read_text() == document_text()
+    finally:
+        kill_leftovers(marker)
+
+
+def test_killing_inkscape_mid_run_leaves_no_engine_behind(installed):
+    """Inkscape, Xvfb and the script die at once (SIGKILL to the group, as a crash or a desktop
+    logout). The engine runs in its own session, so only its own checks (its input closed, its
+    parent gone) can end it: it must, promptly, and the saved document stays as it was."""
+    process, paths, marker = start_long_run(installed, "kill")
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        assert wait_for(lambda: not processes_with_marker(marker, "clipasso_engine"), timeout=30), \
+            f"engine processes survived: {processes_with_marker(marker, 'clipasso_engine')}"
+        assert not processes_with_marker(marker, "clipasso_sketch.py")
+        assert paths["document"].read_text() == document_text()
+        assert not paths["output"].exists()
+    finally:
+        kill_leftovers(marker)
