@@ -172,7 +172,9 @@ def detect_nvidia(run=subprocess.run, which=shutil.which,
 
 def cuda_index_for(system: str, driver: tuple) -> str | None | bool:
     """Index URL for a CUDA torch this driver runs; None = plain PyPI; False = driver too old."""
-    if system == "Linux" and (driver >= PYPI_CUDA_MIN_DRIVER or driver == (0, 0)):
+    if driver == (0, 0):  # unknown: assume a current driver
+        driver = PYPI_CUDA_MIN_DRIVER
+    if system == "Linux" and driver >= PYPI_CUDA_MIN_DRIVER:
         return None  # PyPI's Linux wheels are the CUDA build
     for min_driver, url in CUDA_INDEXES:
         if driver >= min_driver:
@@ -197,6 +199,14 @@ def choose_torch(request: str, system: str, nvidia: Nvidia | None, existing: dic
         return TorchPlan("skip", reason="left as it is (--torch skip)" + (f": {have_text}" if have else ": none installed"))
     if request not in ("auto", "cpu", "cuda"):
         return TorchPlan("install", shlex.split(request), f"as requested: {request}")
+
+    build = existing.get("torchvision_build") or ""
+    if have and request == "auto" and (build == "cpu" and have_cuda or build.startswith("cu") and not have_cuda):
+        # e.g. a CPU torch with PyPI's CUDA torchvision: `import torchvision` fails (STACK.md)
+        request = "cuda" if have_cuda else "cpu"
+        mismatch = f"torchvision {existing.get('torchvision')} ({build}) does not match {have_text}"
+        plan = choose_torch(request, system, nvidia, {})
+        return TorchPlan("replace", plan.pip_args, f"{mismatch}: reinstalling both as the {plan.reason}")
 
     if request == "auto":
         if have:
@@ -270,6 +280,15 @@ if spec and spec.origin:
         text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
         m = re.search(r"^cuda\b[^=\n]*=\s*'([^']+)'", text, re.M)
         info["torch_cuda"] = m.group(1) if m else None
+    except OSError:
+        pass
+info["torchvision_build"] = None  # the local label of torchvision's build: "cpu", "cu126", ...
+spec = importlib.util.find_spec("torchvision")
+if spec and spec.origin:
+    try:
+        text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
+        m = re.search(r"^__version__\s*=\s*'[^'+]*\+([^']+)'", text, re.M)
+        info["torchvision_build"] = m.group(1) if m else None
     except OSError:
         pass
 print(json.dumps(info))

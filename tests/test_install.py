@@ -143,6 +143,28 @@ def test_choose_torch(request_, system, gpu, existing, action, pip_args):
     assert plan.reason
 
 
+def test_a_torchvision_of_another_build_than_torch_is_replaced_with_a_matching_pair():
+    # STACK.md: a CPU torch with PyPI's CUDA torchvision cannot `import torchvision`
+    plan = inst.choose_torch("auto", "Linux", None, {"torch": "2.13.0+cpu", "torch_cuda": None,
+                                                     "torchvision": "0.28.0", "torchvision_build": "cu128"})
+    assert (plan.action, plan.pip_args) == ("replace", CPU_ARGS) and "does not match" in plan.reason
+    plan = inst.choose_torch("auto", "Linux", None, {"torch": "2.15.0", "torch_cuda": "13.2",
+                                                     "torchvision": "0.29.2", "torchvision_build": "cpu"})
+    assert (plan.action, plan.pip_args) == ("replace", ["torch", "torchvision"])
+    plan = inst.choose_torch("auto", "Linux", None, {"torch": "2.15.0", "torch_cuda": "13.2",
+                                                     "torchvision": "0.29.2", "torchvision_build": "cu132"})
+    assert plan.action == "keep"
+
+
+def test_probe_reads_the_builds_without_importing_torch():
+    probe = inst.probe_venv(Path(sys.executable))
+    import torch
+    import torchvision
+    assert probe["torch_cuda"] == torch.version.cuda
+    assert probe["torchvision_build"] == (torchvision.__version__.split("+")[1] if "+" in torchvision.__version__ else None)
+    assert probe["python"][:2] == list(sys.version_info[:2]) and probe["pip"]
+
+
 def test_keeping_a_cpu_torch_on_a_gpu_machine_says_how_to_switch():
     plan = inst.choose_torch("auto", "Linux", Nvidia("RTX", (590, 48)), {"torch": "2.13.0+cpu"})
     assert "--torch cuda" in plan.reason
