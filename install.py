@@ -314,7 +314,7 @@ def probe_venv(python: Path) -> dict:
 
 class Pip:
     """Runs pip in the engine's venv: full output to the log, the lines that matter to the screen."""
-    SHOWN = ("Collecting", "Downloading", "Successfully installed", "ERROR", "error:")
+    SHOWN = ("Downloading", "Successfully installed", "ERROR", "error:")
 
     def __init__(self, python: Path, log: Path, verbose: bool = False):
         self.python, self.log, self.verbose = python, log, verbose
@@ -590,7 +590,8 @@ def check_engine(python: Path, pip: Pip):
     if out.returncode != 0:
         with open(pip.log, "a", encoding="utf-8") as log:
             log.write(f"\n$ engine check\n{out.stderr}\n")
-        raise InstallError(f"The engine does not import in {python}:\n    {out.stderr.strip()[-600:]}",
+        last = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise InstallError(f"The engine does not import in {python}: {last}",
                            f"Often a torch/torchvision mismatch: run install.py again with --torch cpu (or --torch cuda) "
                            f"to reinstall both together. Log: {pip.log}")
     info = json.loads(out.stdout.strip().splitlines()[-1])
@@ -679,7 +680,7 @@ def parse_args(argv=None):
     p.add_argument("--no-deps", action="store_true", help="install only the engine package, not its dependencies (environments you manage)")
     p.add_argument("--extensions-dir", metavar="DIR", help="Inkscape's user extensions folder (default: asked from inkscape --user-data-directory)")
     p.add_argument("--models-dir", metavar="DIR", help="folder of local weights files; written to the config so the extension passes it on")
-    p.add_argument("--download-models", action="store_true", help="fetch the model weights now (about 0.6 GB)")
+    p.add_argument("--download-models", action="store_true", help="fetch the model weights now (about 1 GB)")
     p.add_argument("--uninstall", action="store_true", help="remove the extension, its config and the environment install.py created")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="show pip's full output")

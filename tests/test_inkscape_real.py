@@ -1,7 +1,8 @@
 """Through real Inkscape (headless, under Xvfb): install.py puts the extension into a temporary Inkscape
 profile, Inkscape runs the effect on an image under nested transforms, the real engine (generated
 weights, a couple of iterations) draws, and the output SVG gets a layer of strokes lying on the image.
-A second run is killed mid-way: no engine process may survive, and the document stays as it was.
+Two more runs are stopped mid-way (SIGTERM to the extension; SIGKILL to all of Inkscape): no engine
+process may survive, and the document stays as it was.
 
 Nothing here touches the real Inkscape profile (INKSCAPE_PROFILE_DIR) or the developer's venv (the
 engine goes into a throwaway venv that borrows this interpreter's torch, see _install_helpers).

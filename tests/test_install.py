@@ -282,8 +282,8 @@ def test_dry_run_changes_nothing(tmp_path):
                       "--torch", "cpu", "--download-models")
     assert out.returncode == 0, out.stdout + out.stderr
     assert snapshot(tmp_path) == {}
-    for planned in ("-m venv", "download.pytorch.org/whl/cpu", "--no-build-isolation" if False else "pip install",
-                    str(REPO), "download-models"):
+    for planned in ("-m venv", "pip install --upgrade torch torchvision --index-url https://download.pytorch.org/whl/cpu",
+                    f"pip install -c {tmp_path / 'venv' / 'clipasso_constraints.txt'}", str(REPO), "download-models"):
         assert planned in out.stdout
 
 
