@@ -11,7 +11,6 @@ About a minute on 2 quiet CPU cores (install ~15 s, weights ~10 s, three Inkscap
 
 import base64
 import io
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _install_helpers import REPO, make_overlay_venv, run_install
+from _install_helpers import make_overlay_venv, run_install
 
 pytestmark = [
     pytest.mark.inkscape,
@@ -147,8 +146,7 @@ def installed(tmp_path_factory):
     assert out.returncode == 0, out.stdout + out.stderr
     assert (profile / "extensions" / "clipasso" / "clipasso.inx").is_file(), out.stdout
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from fake_weights import make_test_weights
+    from fake_weights import make_test_weights  # tests/ is on sys.path (pytest's rootdir conftest)
     weights = root / "weights"
     make_test_weights(weights, names=("RN101", "ViT-B-32"))
     return {"root": root, "profile": profile, "venv": venv, "weights": weights}

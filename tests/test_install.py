@@ -258,10 +258,11 @@ def pypi_reachable() -> bool:
 @posix_only
 @pytest.mark.skipif(not pypi_reachable(), reason="a fresh venv's pip fetches setuptools to build the engine")
 def test_fresh_environment_is_created_and_removed_again(tmp_path):
-    data = tmp_path / "data"
+    data = tmp_path / "data"          # the per-user data folder (XDG_DATA_HOME): the default venv goes there
     venv = data / "clipasso" / "venv"
     ext = tmp_path / "extensions"
-    out = run_install("--venv", venv, "--extensions-dir", ext, "--torch", "skip", "--no-deps")
+    env = {"XDG_DATA_HOME": str(data)}
+    out = run_install("--extensions-dir", ext, "--torch", "skip", "--no-deps", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "creating" in out.stdout and "no PyTorch in the environment" in out.stdout
     assert json.loads((venv / "clipasso_install.json").read_text())["created_by_install_py"] is True
@@ -269,12 +270,12 @@ def test_fresh_environment_is_created_and_removed_again(tmp_path):
     manifest = json.loads((ext / "clipasso" / "install_manifest.json").read_text())
     assert manifest["venv_created"] is True
 
-    out = run_install("--venv", venv, "--extensions-dir", ext, "--torch", "skip", "--no-deps")
+    out = run_install("--extensions-dir", ext, "--torch", "skip", "--no-deps", env=env)
     assert out.returncode == 0 and "created by install.py" in out.stdout   # re-run reuses it
 
-    out = run_install("--uninstall", "--extensions-dir", ext)
+    out = run_install("--uninstall", "--extensions-dir", ext, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert not venv.exists() and snapshot(ext) == {}
+    assert snapshot(data) == {} and snapshot(ext) == {}   # venv and its clipasso/ folder gone
 
 
 def test_dry_run_changes_nothing(tmp_path):
