@@ -247,10 +247,10 @@ def _capsule_coverage(a: torch.Tensor, b: torch.Tensor, cols: torch.Tensor, rows
                       half_width: float, jacobian: bool = False):
     """Box-filtered coverage of pixels by segment capsules (a thick segment with round caps).
 
-    a, b: (M, K, 2) segment ends; cols (M, K, 1, W), rows (M, K, H, 1) pixel indices (centres at
-    i + 0.5). Returns coverage (M, K, H, W) = F(w - d) - F(-w - d), d the distance from the pixel
+    a, b: (..., 2) segment ends; cols (..., 1, W), rows (..., H, 1) pixel indices (centres at
+    i + 0.5). Returns coverage (..., H, W) = F(w - d) - F(-w - d), d the distance from the pixel
     centre to the segment and F the CDF of the pixel square projected on the direction to the
-    segment; with jacobian=True also d coverage / d (ax, ay, bx, by) as a (4, M, K, H, W) tensor,
+    segment; with jacobian=True also d coverage / d (ax, ay, bx, by) as a (4, ..., H, W) tensor,
     written out by hand because autograd would keep ~30 tensors of this size alive for backward.
     """
     ax, ay = a[..., 0, None, None], a[..., 1, None, None]
@@ -263,7 +263,10 @@ def _capsule_coverage(a: torch.Tensor, b: torch.Tensor, cols: torch.Tensor, rows
     dist = torch.sqrt(dx * dx + dy * dy + 1e-12)
     adx, ady = dx.abs(), dy.abs()
     x_big = adx >= ady
-    cos_big = torch.where(x_big, adx, ady) / dist
+    # |cos| >= |sin| of the direction to the segment: >= 0.707 for any real direction; a pixel
+    # centre lying exactly on the segment (d = 0, no direction) is given the x axis.
+    cos_big_raw = torch.where(x_big, adx, ady) / dist
+    cos_big = torch.where(cos_big_raw > 0.5, cos_big_raw, 1.0)
     cos_small_raw = torch.where(x_big, ady, adx) / dist
     cos_small = cos_small_raw.clamp_min(1e-6)
     inner = half_width - dist
@@ -282,7 +285,7 @@ def _capsule_coverage(a: torch.Tensor, b: torch.Tensor, cols: torch.Tensor, rows
         tail, dv, dbig, dsmall = _tail(half_width + dist, cos_big, cos_small, derivatives=True)
         coverage = coverage - tail
         g_dist, g_big, g_small = g_dist - dv, g_big - dbig, g_small - dsmall
-    g_small = g_small * (cos_small_raw > 1e-6)
+    g_big, g_small = g_big * (cos_big_raw > 0.5), g_small * (cos_small_raw > 1e-6)
     # cos_big = max(|dx|, |dy|) / dist, cos_small = min(|dx|, |dy|) / dist  ->  d / d(dx, dy)
     g_big, g_small = g_big / dist, g_small / dist
     g_radial = (g_dist - g_big * cos_big - g_small * cos_small_raw) / dist
@@ -353,24 +356,25 @@ def _transmittance(a: torch.Tensor, b: torch.Tensor, counts: list[int], first_st
         pair = torch.empty(coverage.shape, dtype=torch.long, device=a.device)
         sketch_pixel, num_pairs, start = [], 0, 0
         slot_strokes = max(1, SLOT_BUDGET // pixels)
-        slots = torch.empty(min(slot_strokes, len(counts)) * pixels, dtype=torch.long, device=a.device)
+        slots = torch.empty(min(slot_strokes, len(counts)) * pixels + 1, dtype=torch.long, device=a.device)
+        dump = slots.numel() - 1                                   # where outside pixels write
         for m0, m1 in _chunks(counts, slot_strokes, max(1, PIECE_BUDGET // per_segment)):
             stop = start + sum(counts[m0:m1])
             local = torch.repeat_interleave(torch.arange(m1 - m0, device=a.device),
                                             torch.tensor(counts[m0:m1], device=a.device))
             c, r = cols[start:stop], rows[start:stop]
             inside = ((c < size) & (r < size)).reshape(-1)
-            key = (local[:, None, None] * pixels + r * size + c).reshape(-1)
-            key = torch.where(inside, key, 0)
+            key = torch.where(inside, (local[:, None, None] * pixels + r * size + c).reshape(-1), dump)
             entry = torch.arange(start * per_segment, stop * per_segment, device=a.device)
-            slots.scatter_(0, key[inside], entry[inside])
+            slots.scatter_(0, key, entry)
             first = (slots[key] == entry) & inside
-            count = int(first.sum())
-            slots.scatter_(0, key[first], torch.arange(num_pairs, num_pairs + count, device=a.device))
+            numbers = torch.cumsum(first, 0) + (num_pairs - 1)
+            slots.scatter_(0, torch.where(first, key, dump), numbers)
             pair[start * per_segment:stop * per_segment] = torch.where(inside, slots[key], -1)
-            stroke = key[first] // pixels + first_stroke + m0            # = sketch * N + n
-            sketch_pixel.append(stroke // num_strokes * pixels + key[first] % pixels)
-            num_pairs += count
+            first_keys = key[first]
+            stroke = first_keys // pixels + first_stroke + m0            # = sketch * N + n
+            sketch_pixel.append(stroke // num_strokes * pixels + first_keys % pixels)
+            num_pairs += first_keys.numel()
             start = stop
         pair = torch.where(pair >= 0, pair, num_pairs)                 # outside the canvas: dropped
         sketch_pixel = torch.cat(sketch_pixel)

@@ -139,7 +139,8 @@ def test_degenerate_strokes_have_finite_gradients():
     dot = [[60.0, 150.0]] * 4                                  # all four points equal
     line = [[20.0, 30.0], [40.0, 40.0], [60.0, 50.0], [80.0, 60.0]]   # collinear, evenly spaced
     folded = [[100.0, 100.0], [140.0, 100.0], [90.0, 100.0], [130.0, 100.0]]  # collinear, doubling back
-    on_pixel_centres = [[10.5, 200.5], [10.5, 200.5], [30.5, 200.5], [30.5, 200.5]]
+    # through (sub)pixel centres: distance exactly 0 there, the direction to the stroke undefined
+    on_pixel_centres = [[10.25, 200.25], [10.25, 200.25], [30.25, 200.25], [30.25, 200.25]]
     points = torch.tensor([[dot, line, folded, on_pixel_centres]], requires_grad=True)
     image = render_strokes(points)
     ((image[:, 0] - 0.5) ** 2).sum().backward()
