@@ -97,12 +97,16 @@ def render_strokes(points: torch.Tensor, half_width: float = 1.5, canvas_size: i
         raise ValueError(f"points must have shape (B, N, 4, 2), got {tuple(points.shape)}")
     if not points.is_floating_point():
         raise ValueError("points must be a floating point tensor")
+    if not half_width > 0:
+        raise ValueError(f"half_width must be positive, got {half_width}")
     if resolve_backend(backend) == "diffvg":
         return _render_diffvg(points, half_width, canvas_size)
     batch, num_strokes = points.shape[:2]
     size = int(canvas_size)
     if batch * num_strokes == 0:
         return points.new_ones(batch, 3, size, size) + 0 * points.sum()   # keeps the graph connected
+    if not bool(torch.isfinite(points).all()):
+        raise ValueError("points must be finite (got NaN or infinity)")
     # Where the polyline vertices go (no grad); the vertices B(t) carry the gradient.
     ts, counts = _vertex_params(points.detach().reshape(-1, 4, 2))
     vertices = _bezier(points.reshape(-1, 4, 2), ts).reshape(batch, num_strokes, -1, 2)
@@ -201,9 +205,10 @@ def _chunks(counts: list[int], max_strokes: int, max_segments: int) -> list[tupl
     return ranges
 
 
-def _window_origin(lo: torch.Tensor, reach: float) -> torch.Tensor:
-    """First pixel index whose centre (i + 0.5) lies at or after lo - reach, clipped to the canvas."""
-    return torch.ceil(lo - reach - 0.5).clamp_min(0)
+def _window_origin(lo: torch.Tensor, reach: float, size: int) -> torch.Tensor:
+    """First pixel index whose centre (i + 0.5) lies at or after lo - reach, clipped to the canvas
+    (an index of `size` or more: a window wholly outside it)."""
+    return torch.ceil(lo - reach - 0.5).clamp(0, size)
 
 
 @torch.no_grad()
@@ -211,7 +216,7 @@ def _patch_shape(a: torch.Tensor, b: torch.Tensor, reach: float, size: int) -> t
     """Rows and columns of the pixel window that every segment's capsule fits in (within canvas)."""
     if a.numel() == 0:
         return 1, 1
-    first = _window_origin(torch.minimum(a, b), reach)
+    first = _window_origin(torch.minimum(a, b), reach, size)
     last = torch.floor(torch.maximum(a, b) + reach - 0.5).clamp_max(size - 1)
     extent = (last - first + 1).clamp(1, size).amax(0)      # (2,): columns, rows
     return int(extent[1]), int(extent[0])
@@ -341,7 +346,7 @@ def _transmittance(a: torch.Tensor, b: torch.Tensor, counts: list[int], first_st
     Strokes are numbered sketch * N + n."""
     # Pixel windows: (T, 1, W) columns and (T, H, 1) rows of the canvas.
     with torch.no_grad():
-        origin = _window_origin(torch.minimum(a, b), half_width + _FILTER_REACH).long()
+        origin = _window_origin(torch.minimum(a, b), half_width + _FILTER_REACH, size).long()
     cols = origin[:, 0, None, None] + torch.arange(patch_w, device=a.device)
     rows = origin[:, 1, None, None] + torch.arange(patch_h, device=a.device)[:, None]
     coverage = _CapsuleCoverage.apply(a, b, cols, rows, half_width).reshape(-1)

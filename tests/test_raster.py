@@ -270,6 +270,10 @@ def test_resolve_backend(monkeypatch):
         resolve_backend("cairo")
     with pytest.raises(ValueError):
         render_strokes(torch.zeros(1, 2, 3, 2))
+    with pytest.raises(ValueError, match="finite"):
+        render_strokes(torch.full((1, 2, 4, 2), float("nan")))
+    with pytest.raises(ValueError):
+        render_strokes(torch.zeros(1, 2, 4, 2), half_width=0)
 
 
 def test_diffvg_backend_reproduces_reference(reference):
