@@ -40,7 +40,7 @@ from .errors import EngineError
 FLATTEN_TOLERANCE = 0.01   # px: max distance between the cubic and its polyline
 MAX_SEGMENT_LENGTH = 2.0   # px: long straight runs are cut too, so windows stay small
 MAX_SEGMENTS = 512         # per stroke, whatever the curve (a cap for absurd inputs)
-SUBSAMPLES = 2            # coverage on a 2x2 finer grid: unions of overlapping parts of a stroke
+SUBSAMPLES = 2             # coverage on a 2x2 finer grid: unions of overlapping parts of a stroke
 FINE_SAMPLES = 128         # samples of the curve used to place the polyline's vertices
 ENTRY_BUDGET = 1 << 23     # window pixels per chunk of strokes (~30 bytes each kept for backward)
 SLOT_BUDGET = 1 << 22      # canvas pixels of the (stroke, pixel) -> pair map (8 bytes each)
