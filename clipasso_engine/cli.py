@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strokes", type=int, help="number of strokes: the abstraction level (default 16)")
     s.add_argument("--preset", default="paper", choices=list(PRESETS),
                    help="; ".join(f"{k}: {v['doc']}" for k, v in PRESETS.items()))
-    s.add_argument("--iterations", type=int, help="optimisation steps (overrides the preset)")
+    s.add_argument("--iterations", type=int, default=os.environ.get("CLIPASSO_ITERATIONS") or None,
+                   help="optimisation steps (overrides the preset; default $CLIPASSO_ITERATIONS if set)")
     s.add_argument("--seeds", type=int, help="how many seeds to draw at once, the best is kept (overrides the preset)")
     s.add_argument("--seed", type=int, help="first seed (the others are +1000, +2000, ...)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (auto: GPU when there is one)")

@@ -18,31 +18,29 @@ def _two_threads():
 
 
 @pytest.fixture(scope="session")
-def rn101_visual():
-    """CLIP RN101's image tower, random weights, eval mode, frozen (what models.load_clip returns)."""
-    import open_clip
-    import torch
-    torch.manual_seed(0)
-    visual = open_clip.create_model("RN101-quickgelu", pretrained=None).visual.eval()
-    return visual.requires_grad_(False)
-
-
-@pytest.fixture(scope="session")
-def vit_visual():
-    import open_clip
-    import torch
-    torch.manual_seed(0)
-    visual = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).visual.eval()
-    return visual.requires_grad_(False)
-
-
-@pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
     """A models folder holding randomly initialised weights in the real formats (no network here)."""
     from fake_weights import make_test_weights
     folder = tmp_path_factory.mktemp("models")
-    make_test_weights(folder, names=("RN101", "ViT-B-32"))
+    make_test_weights(folder, names=("RN101", "ViT-B-32", "u2net"))
     return folder
+
+
+def _load(name, models_dir):
+    from clipasso_engine import models
+    from clipasso_engine.config import make_config
+    return models.load_clip(name, make_config("fast", models_dir=str(models_dir)), "cpu")
+
+
+@pytest.fixture(scope="session")
+def rn101_visual(models_dir):
+    """CLIP RN101's image tower through the real loader: eval, frozen, fp32, live activations."""
+    return _load("RN101", models_dir)
+
+
+@pytest.fixture(scope="session")
+def vit_visual(models_dir):
+    return _load("ViT-B-32", models_dir)
 
 
 @pytest.fixture(scope="session")

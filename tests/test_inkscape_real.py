@@ -152,13 +152,6 @@ def installed(tmp_path_factory):
     return {"root": root, "profile": profile, "venv": venv, "weights": weights}
 
 
-def engine_takes_iterations_from_env(venv: Path) -> bool:
-    cli = subprocess.run([str(venv / "bin" / "python"), "-c",
-                          "import clipasso_engine.cli as c, inspect; print('CLIPASSO_ITERATIONS' in inspect.getsource(c))"],
-                         capture_output=True, text=True, cwd="/")
-    return cli.stdout.strip() == "True"
-
-
 def run_inkscape(installed, name: str, iterations: int, preset="fast"):
     """Start Inkscape on a fresh copy of the test document; returns (process, paths, env marker)."""
     work = installed["root"] / name
@@ -174,12 +167,6 @@ def run_inkscape(installed, name: str, iterations: int, preset="fast"):
                 "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "CLIPASSO_ITERATIONS": str(iterations),
                 marker.split("=")[0]: marker.split("=")[1],
                 "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")})
-    if not engine_takes_iterations_from_env(installed["venv"]):
-        # Until the engine reads CLIPASSO_ITERATIONS: an interpreter shim that appends --iterations.
-        shim = work / "engine-python"
-        shim.write_text(f'#!/bin/sh\nexec "{installed["venv"]}/bin/python" "$@" --iterations {iterations}\n')
-        shim.chmod(0o755)
-        env["CLIPASSO_ENGINE_PYTHON"] = str(shim)
     actions = f"select-by-id:img1;{ACTION};export-filename:{output};export-do"
     with open(work / "inkscape.log", "w") as log:
         process = subprocess.Popen(["timeout", "--kill-after=10", "300", "xvfb-run", "-a", "inkscape",
