@@ -130,8 +130,8 @@ PRESETS = {
         num_iterations=500, num_seeds=2,
     ),
     "fast": dict(
-        doc="1 seed, 120 iterations, 2 augmented views: a usable sketch in about 1-2 minutes on a laptop CPU",
-        num_iterations=120, num_seeds=1, num_augs=2,
+        doc="1 seed, 100 iterations, 2 augmented views: a usable sketch in under 2 minutes on a 2-core CPU",
+        num_iterations=100, num_seeds=1, num_augs=2,
     ),
 }
 
