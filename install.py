@@ -273,24 +273,20 @@ info["engine_in_venv"] = False
 if info["engine"]:
     where = os.path.realpath(str(md.distribution("clipasso-engine").locate_file("")))
     info["engine_in_venv"] = where.startswith(os.path.realpath(sys.prefix) + os.sep)
-info["torch_cuda"] = None
-spec = importlib.util.find_spec("torch")  # locates torch without importing it (seconds saved)
-if spec and spec.origin:
+def version_file_match(package, pattern):
+    # a group of `pattern` in the package's version.py, found without importing it (seconds saved)
+    spec = importlib.util.find_spec(package)
+    if not (spec and spec.origin):
+        return None
     try:
         text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
-        m = re.search(r"^cuda\b[^=\n]*=\s*'([^']+)'", text, re.M)
-        info["torch_cuda"] = m.group(1) if m else None
     except OSError:
-        pass
-info["torchvision_build"] = None  # the local label of torchvision's build: "cpu", "cu126", ...
-spec = importlib.util.find_spec("torchvision")
-if spec and spec.origin:
-    try:
-        text = open(os.path.join(os.path.dirname(spec.origin), "version.py")).read()
-        m = re.search(r"^__version__\s*=\s*'[^'+]*\+([^']+)'", text, re.M)
-        info["torchvision_build"] = m.group(1) if m else None
-    except OSError:
-        pass
+        return None
+    m = re.search(pattern, text, re.M)
+    return m.group(1) if m else None
+info["torch_cuda"] = version_file_match("torch", r"^cuda\b[^=\n]*=\s*'([^']+)'")
+# the local label of torchvision's build: "cpu", "cu126", ...
+info["torchvision_build"] = version_file_match("torchvision", r"^__version__\s*=\s*'[^'+]*\+([^']+)'")
 print(json.dumps(info))
 """
 
