@@ -284,7 +284,7 @@ class TestInx(InxMixin, TestCase):
         self.assertEqual(params["strokes"].text, "16")
         self.assertEqual(params["preset"].find("i:option", ns).get("value"), "fast")
         help_text = "".join(inx.find(".//i:page[@name='help']", ns).itertext())
-        for word in ("Fast", "Balanced", "Paper", "Seeds", "background", "Cancel", "tens of minutes"):
+        for word in ("Fast", "Balanced", "Paper", "Seeds", "background", "Cancel", "about 2 hours"):
             self.assertIn(word, help_text)
 
 
