@@ -22,7 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipasso_engine.raster import render_strokes  # noqa: E402
 
-REFERENCE = Path(os.environ.get("CLIPASSO_SHARED", "/work/shared")) / "data" / "diffvg_reference.npz"
+# shared/ lies beside the checkout (CI clones main next to it); CLIPASSO_SHARED points elsewhere.
+_SHARED = os.environ.get("CLIPASSO_SHARED") or next(
+    (str(p) for p in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")) if p.is_dir()), "shared")
+REFERENCE = Path(_SHARED) / "data" / "diffvg_reference.npz"
 DIFFVG_MS = {("short", "fwd"): 48, ("short", "fwd+bwd"): 264, ("wide", "fwd"): 250, ("wide", "fwd+bwd"): 1060}
 
 
