@@ -17,13 +17,8 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .config import CLIP_MEAN, CLIP_STD, Config
-
-
-def clip_normalize(images: torch.Tensor) -> torch.Tensor:
-    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
+from .config import Config
+from .imageio import clip_normalize
 
 
 def resnet_features(visual, x: torch.Tensor, need_embedding: bool = True):

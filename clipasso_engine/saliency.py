@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from .config import CLIP_MEAN, CLIP_STD, Config
+from .config import Config
+from .imageio import clip_normalize
 
 GREY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, as the reference uses
 OTSU_BINS = 256                          # skimage.filters.threshold_otsu's default
@@ -191,12 +192,6 @@ def init_strokes(distribution: np.ndarray, num_strokes: int, config: Config,
 
 
 # -----------------------------------------------------------------------------------------------
-
-def clip_normalize(image: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CLIP_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-    return (image - mean) / std
-
 
 def saliency_map(vit_visual, target: torch.Tensor, config: Config):
     """Everything above for one target (1x3xSxS in [0, 1], any device).

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import imageio, models, raster, saliency, svg
-from .config import CLIP_MEAN, CLIP_STD, Config, make_config
+from .config import Config, make_config
 from .errors import Cancelled, EngineError
 from .losses import CLIPLoss
 
@@ -102,10 +102,8 @@ def background_mask(u2net, target: torch.Tensor, threshold: float) -> torch.Tens
     """
     size = target.shape[-1]
     x = torch.nn.functional.interpolate(target, size=(320, 320), mode="bicubic", align_corners=False)
-    mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        d1 = u2net((x - mean) / std)[0][:, :1]
+        d1 = u2net(imageio.clip_normalize(x))[0][:, :1]
     d1 = (d1 - d1.min()) / (d1.max() - d1.min()).clamp_min(1e-12)
     d1 = torch.nn.functional.interpolate(d1, size=(size, size), mode="bilinear", align_corners=False)
     return (d1 >= threshold).to(target.dtype)

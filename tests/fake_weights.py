@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from clipasso_engine import models
-from clipasso_engine.config import CLIP_MEAN, CLIP_STD
+from clipasso_engine.imageio import clip_normalize
 from clipasso_engine.u2net import U2NET
 
 SEED = 0
@@ -37,7 +37,7 @@ def _smooth_noise_images(n: int, size: int = 224, generator=None) -> torch.Tenso
     coarse = torch.rand(n, 3, 7, 7, generator=generator)
     images = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
     images = (images + 0.1 * torch.rand(n, 3, size, size, generator=generator)).clamp(0, 1)
-    return (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return clip_normalize(images)
 
 
 @torch.no_grad()
