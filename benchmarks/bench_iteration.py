@@ -30,17 +30,16 @@ CASES = {
 
 
 def run_case(mode: str, seeds: int, augs: int, repeats: int, threads: int) -> dict:
-    import open_clip
     import torch
 
-    from clipasso_engine import raster
+    from clipasso_engine import models, raster
     from clipasso_engine.config import make_config
     from clipasso_engine.losses import CLIPLoss, augment, clip_normalize, resnet_features
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = make_config(num_augs=augs, num_seeds=seeds)
-    visual = open_clip.create_model("RN101-quickgelu", pretrained=None).visual.eval()
+    visual = models.build_clip_visual("RN101").eval()  # the image tower only, as models.load_clip builds it
     target = torch.rand(1, 3, 224, 224)
     g = torch.Generator().manual_seed(0)
     points = (torch.rand(seeds, 16, 4, 2, generator=g) * 224).requires_grad_(True)

@@ -185,6 +185,9 @@ def sketch(image, config: Config | None = None, *, on_progress: ProgressCallback
     t = phase("init", "Placing the first strokes")
     distribution, _, _ = saliency.saliency_map(vit, target, config)
     points = initial_strokes(distribution, config).to(device)
+    if loaded_models is None:  # the ViT (~350 MB) and U^2-Net are done: free them before the loop
+        del vit, cache["ViT-B-32"]
+        cache.pop("u2net", None)
     timings["init"] = time.perf_counter() - t
 
     t = phase("optimise", "Drawing")
