@@ -115,16 +115,16 @@ def initial_strokes(distribution: np.ndarray, config: Config) -> torch.Tensor:
                         for seed in config.seeds])
 
 
-def stroke_importance(points: torch.Tensor, loss: CLIPLoss, half_width: float, backend: str,
+def stroke_importance(points: torch.Tensor, full_loss: float, loss: CLIPLoss, half_width: float, backend: str,
                       chunk: int = 8) -> torch.Tensor:
-    """How much the clean-view loss rises when each stroke is left out (N,), for one sketch (N, 4, 2)."""
+    """How much the clean-view loss rises when each stroke is left out (N,), for one sketch (N, 4, 2)
+    whose clean-view loss with all strokes is `full_loss` (already known from its evaluation)."""
     n = points.shape[0]
-    full = loss.clean(raster.render_strokes(points[None], half_width, loss.target.shape[-1], backend))[0]
     if n == 1:
-        return full.new_zeros(1)
+        return torch.zeros(1)
     keep = torch.tensor([[j for j in range(n) if j != k] for k in range(n)], device=points.device)
     without = points[keep]                                         # (N, N-1, 4, 2)
-    rises = [loss.clean(raster.render_strokes(without[i:i + chunk], half_width, loss.target.shape[-1], backend)) - full
+    rises = [loss.clean(raster.render_strokes(without[i:i + chunk], half_width, loss.target.shape[-1], backend)) - full_loss
              for i in range(0, n, chunk)]
     return torch.cat(rises)
 
@@ -249,7 +249,8 @@ def sketch(image, config: Config | None = None, *, on_progress: ProgressCallback
     winner = int(torch.argmin(best_loss))
     chosen = best_points[winner]
     with torch.no_grad():
-        importance = stroke_importance(chosen, loss_fn, config.stroke_half_width, backend).cpu()
+        importance = stroke_importance(chosen, float(best_loss[winner]), loss_fn, config.stroke_half_width,
+                                       backend).cpu()
     order = torch.argsort(importance, descending=True, stable=True)
     timings["order"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
