@@ -5,16 +5,7 @@ Every failure a user can cause or fix (a bad image file, missing weights, no GPU
 never a traceback. Codes are part of the wire protocol (DESIGN.md): add, never rename.
 """
 
-CODES = {
-    "bad_image": "the input file cannot be read as an image",
-    "bad_argument": "an option value is out of range or inconsistent",
-    "weights_missing": "model weights are neither cached nor given, and cannot be downloaded",
-    "weights_invalid": "a weights file exists but does not hold the expected model",
-    "device_unavailable": "the requested device cannot be used",
-    "out_of_memory": "the device ran out of memory",
-    "cancelled": "the run was cancelled (stdin closed, SIGTERM, Ctrl-C or a cancel callback)",
-    "internal": "a bug: anything not foreseen above",
-}
+from .wire import ERROR_CODES as CODES  # the codes are part of the wire: defined once, there
 
 
 class EngineError(Exception):
