@@ -8,16 +8,21 @@ fields and error codes are typed once. It must stay importable by any Python 3.8
 
 Events, engine -> caller (fields beyond "event"):
   start     version, device, backend, preset, iterations, seeds, models {name: path|None},
-            jobs [{job, image, strokes}]   (one job = one image at one stroke count)
+            jobs [{job, image, name, strokes}]
+            (one job = one image at one stroke count; job = image * len(levels) + level index;
+             image = the index of the image on the command line, name = its display name)
   status    phase, message                  (reading the image, loading models, ...)
   notice    message                         (something the user should know: no GPU, CPU fallback)
   progress  iteration, total, loss, best_loss, elapsed, eta, per_iteration
             (loss = training loss, mean over views and sketches; best_loss = best clean-view loss)
-  preview   iteration, sketches [{job, strokes, points, loss}]
-            (the current best drawing of each job's leading seed, canvas px, at most ~2 per second)
-  result    job, image, svg, canvas, image_size, canvas_to_image, stroke_width, seed, loss,
-            points (N x 4 x 2, canvas px, most important first), importance, iteration,
-            finished_early, timings      (one per job; written as soon as all jobs are done)
+  preview   iteration, total, sketches [{job, image, strokes, points, loss, canvas, image_size,
+            canvas_to_image}]  (the current best drawing of each job's leading seed in canvas px,
+            with the map to the image's pixels; at evaluations, at most ~2 per second)
+  result    job, image, name, strokes, svg, canvas, image_size, canvas_to_image, stroke_width,
+            seed, loss, points (N x 4 x 2, canvas px, most important first), importance,
+            iteration (steps done), finished_early, timings
+            (one per job, all emitted after the optimisation ends; image_size and canvas_to_image
+             refer to the whole input file even when --crop sent only part of it)
   done      results, finished_early      (the last event of a successful run; exit status 0)
   error     code, message, [job, image]  (exit status 1, or 130 for code "cancelled")
 
