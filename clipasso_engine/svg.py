@@ -60,7 +60,8 @@ def svg_to_strokes(text: str):
     strokes, width = [], None
     for path in root.iter(f"{{{SVG_NS}}}path"):
         d = path.get("d", "")
-        if not re.fullmatch(r"\s*M[^A-Za-z]*C[^A-Za-z]*", d):
+        # Letters are checked with the numbers taken out, so that exponents like 1e-05 are accepted.
+        if not re.fullmatch(r"\s*M[^A-Za-z]*C[^A-Za-z]*", _NUMBER.sub(" ", d)):
             raise EngineError("bad_argument", f"Path {path.get('id', '?')} is not a single 'M ... C ...' cubic.")
         numbers = [float(v) for v in _NUMBER.findall(d)]
         if len(numbers) != 8:

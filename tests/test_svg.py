@@ -46,3 +46,13 @@ def test_bad_svg_is_a_clear_error(bad):
     with pytest.raises(EngineError) as err:
         svg_to_strokes(bad)
     assert err.value.code == "bad_argument"
+
+
+def test_exponent_numbers_are_accepted():
+    """Issue 8 item 12: the number pattern accepts 1e-05, so the path check must too."""
+    text = ('<svg xmlns="http://www.w3.org/2000/svg" width="224" height="224">'
+            '<path d="M 1e-05 2E+1 C 3 4 5 6 7.5e1 8" stroke-width="3"/></svg>')
+    points, width, size = svg_to_strokes(text)
+    assert np.allclose(points[0], [[1e-05, 20], [3, 4], [5, 6], [75, 8]]) and width == 3.0
+    with pytest.raises(EngineError):
+        svg_to_strokes(text.replace("C 3", "L 3"))
