@@ -44,6 +44,11 @@ MAX_PIXELS = 2 * 89_478_485
 # from a one-step resize only by resampling twice.
 MAX_PAD_SIDE = 8192
 
+# Files larger than this are refused from their size alone, before a byte is read: the largest image
+# we accept (MAX_PIXELS, 16-bit RGBA, uncompressed TIFF) is about 1.4 GB, and a 2 GB file linked by
+# mistake must not be read into memory to find out that it is not a picture.
+MAX_FILE_BYTES = 1_500_000_000
+
 FIX_SCALE_MARGIN = 20  # reference `fix_scale`: white square of side max(h, w) + 20
 
 SUPPORTED = "PNG, JPEG, WebP, TIFF, GIF or BMP"
@@ -59,27 +64,53 @@ SIGNATURES = {
 @dataclass(frozen=True)
 class LoadedImage:
     target: torch.Tensor               # 1x3xSxS float32 in [0, 1], CPU: what CLIP sees
-    rgb_full: Image.Image              # the input composited on white, RGB, at its own pixel size
-    image_size: tuple[int, int]        # (width, height) in input pixels, after EXIF rotation
+    image_size: tuple[int, int]        # (width, height) of the WHOLE input, after EXIF rotation, even when cropped
     canvas_to_image: tuple[float, ...]  # (a, b, c, d, e, f): x_img = a x + c y + e, y_img = b x + d y + f
-    name: str = "image"                # file name, for messages
+    name: str = "image"                # display name, for messages (file name unless given)
     mask: torch.Tensor | None = None   # 1x1xSxS {0, 1}, 1 = kept, once apply_mask has run
 
 
-def load_image(source, config) -> LoadedImage:
+def load_image(source, config, name: str | None = None, crop=None) -> LoadedImage:
     """Read `source` (path, bytes, PIL image, numpy HxW[xC] array) into CLIPasso's target.
 
-    Uses config.canvas_size, config.pad_to_square and config.fix_scale."""
-    name, image = open_image(source)
+    name: the display name used in every message (default: the file name).
+    crop: (left, top, right, bottom) in the upright image's pixels, or None for the whole image: only
+    that rectangle is framed and sketched, while image_size and canvas_to_image still refer to the whole
+    image, so strokes land on the same place of the picture.
+    Uses config.canvas_size, config.pad_to_square and config.fix_scale. The full-resolution pixels are
+    dropped on return: only the canvas-sized target is kept for the run."""
+    name, image = open_image(source, name)
+    whole_size = image.size
+    left, top = 0, 0
+    if crop is not None:
+        left, top, right, bottom = check_crop(crop, whole_size, name)
+        image = image.crop((left, top, right, bottom))
     rgb = to_rgb_on_white(image, name)
+    del image
     size = config.canvas_size
     working, (sx, tx, sy, ty) = frame(rgb, pad_to_square=config.pad_to_square, fix_scale=config.fix_scale)
-    # canvas -> working image is a pure scale (edges onto edges); working -> input is (sx, tx, sy, ty)
+    # canvas -> working image is a pure scale (edges onto edges); working -> input is (sx, tx, sy, ty),
+    # then the crop's offset into the whole image
     ww, wh = working.size
-    matrix = (ww / size * sx, 0.0, 0.0, wh / size * sy, tx, ty)
+    matrix = (ww / size * sx, 0.0, 0.0, wh / size * sy, tx + left, ty + top)
     resized = working.resize((size, size), Image.Resampling.BICUBIC)
     target = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
-    return LoadedImage(target=target, rgb_full=rgb, image_size=rgb.size, canvas_to_image=matrix, name=name)
+    return LoadedImage(target=target, image_size=whole_size, canvas_to_image=matrix, name=name)
+
+
+def check_crop(crop, image_size, name: str = "image") -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) as whole pixels inside the image, or a bad_argument sentence."""
+    width, height = image_size
+    try:
+        left, top, right, bottom = (int(round(float(v))) for v in crop)
+    except (TypeError, ValueError):
+        raise EngineError("bad_argument", f"{name}: the crop must be four numbers left, top, right, bottom "
+                                          f"(got {crop!r}).") from None
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise EngineError("bad_argument", f"{name}: the crop {left},{top},{right},{bottom} is empty or outside "
+                                          f"the image ({width} x {height} pixels); give left,top,right,bottom "
+                                          f"with 0 <= left < right <= {width} and 0 <= top < bottom <= {height}.")
+    return left, top, right, bottom
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,8 +120,11 @@ def _bad(name: str, reason: str) -> EngineError:
     return EngineError("bad_image", f"{name}: {reason}")
 
 
-def open_image(source) -> tuple[str, Image.Image]:
-    """(name for messages, decoded PIL image, upright). Files and bytes give their first frame."""
+def open_image(source, name: str | None = None) -> tuple[str, Image.Image]:
+    """(name for messages, decoded PIL image, upright). Files and bytes give their first frame.
+
+    name, when given, replaces the file name in every message."""
+    label = name
     if isinstance(source, Image.Image):
         name = Path(getattr(source, "filename", "") or "image").name
         image = _decode(source, name, first_frame=False)  # a PIL image's current frame is the caller's choice
@@ -106,21 +140,33 @@ def open_image(source) -> tuple[str, Image.Image]:
         if not str(source).strip():
             raise _bad("(no file)", "no file name given.")
         path = Path(source)
-        name = path.name or str(path)
-        image = _decode(_read_file(path, name), name)
+        name = label or path.name or str(path)
+        image = _decode_file(path, name)
     else:
         raise EngineError("bad_argument", f"Cannot read an image from a {type(source).__name__}; "
                                           "give a file path, bytes, a PIL image or a numpy array.")
-    return name, _upright(image)
+    return label or name, _upright(image)
 
 
-def _read_file(path: Path, name: str) -> bytes:
-    # Reading the bytes up front keeps no file handle open (animated GIFs keep theirs for seeking) and
-    # turns every file-system problem into one sentence here.
+def _decode_file(path: Path, name: str) -> Image.Image:
+    """Decode a file straight from disk (no copy of its bytes in memory), after checking its size and
+    that it opens at all. Every file-system problem becomes one sentence here."""
     try:
         if path.is_dir():
             raise _bad(name, f"is a folder, not an image file ({path}).")
-        data = path.read_bytes()
+        size = path.stat().st_size
+        if size == 0:
+            raise _bad(name, "the file is empty (0 bytes).")
+        if size > MAX_FILE_BYTES:
+            raise _bad(name, f"the file is too large ({size / 1e9:.1f} GB; the limit is "
+                             f"{MAX_FILE_BYTES / 1e9:.1f} GB). Is it really a picture? Use {SUPPORTED}, "
+                             "scaled down if needed.")
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+            handle.seek(0)
+            # Pillow reads the header, then decodes from the open file; the handle is closed on return
+            # (the first frame is loaded by then, so nothing needs it afterwards).
+            return _decode(handle, name, head=head)
     except FileNotFoundError:
         raise _bad(name, f"file not found ({path.absolute()}). Was it moved or renamed?") from None
     except PermissionError:
@@ -129,25 +175,24 @@ def _read_file(path: Path, name: str) -> bytes:
         raise _bad(name, f"is a folder, not an image file ({path}).") from None
     except OSError as e:
         raise _bad(name, f"cannot read the file ({e.strerror or e}).") from None
-    if not data:
-        raise _bad(name, "the file is empty (0 bytes).")
-    return data
 
 
-def _decode(source, name: str, first_frame: bool = True) -> Image.Image:
+def _decode(source, name: str, first_frame: bool = True, head: bytes | None = None) -> Image.Image:
+    """source: a PIL image, bytes, or an open binary file (then `head` is its first bytes, for messages)."""
     with warnings.catch_warnings():
         # Pillow warns between 89 and 179 megapixels; our own limit below decides.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         if isinstance(source, Image.Image):
             image = source
         else:
+            stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
             try:
-                image = Image.open(io.BytesIO(source))
+                image = Image.open(stream)
             except Image.DecompressionBombError as e:
                 pixels = re.search(r"\((\d+) pixels\)", str(e))
                 raise _too_large(name, int(pixels.group(1)) if pixels else None) from None
             except UnidentifiedImageError:
-                raise _not_an_image(name, source) from None
+                raise _not_an_image(name, head if head is not None else source) from None
             except Exception as e:  # Pillow's plugins raise anything on a malformed header
                 raise _damaged(name, e) from None
         width, height = image.size
@@ -342,7 +387,7 @@ def _paste_on_white_square(rgb: Image.Image, side: int, left: int, top: int):
 def apply_mask(loaded: LoadedImage, mask, threshold: float = 0.5) -> LoadedImage:
     """The target with white wherever mask < threshold (the reference's U^2-Net background removal).
 
-    mask: 1x1xSxS (or SxS) tensor or array on the canvas, 1 = object. rgb_full is left as it is."""
+    mask: 1x1xSxS (or SxS) tensor or array on the canvas, 1 = object."""
     target = loaded.target
     mask = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
     size = target.shape[-1]

@@ -38,6 +38,11 @@ def assert_valid_target(loaded):
     assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
 
 
+def rgb_of(source):
+    """The decoded input, upright and on white, at its own pixel size (what load_image frames)."""
+    return imageio.to_rgb_on_white(imageio.open_image(source)[1])
+
+
 def near(rgb, expected, tol):
     return all(abs(int(a) - int(b)) <= tol for a, b in zip(rgb, expected))
 
@@ -54,9 +59,10 @@ def test_every_format_reads_with_its_colours(tmp_path, fmt, ext, tol):
     image.save(path, fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
     loaded = load_image(path, CONFIG)
     assert_valid_target(loaded)
-    assert loaded.image_size == (96, 64) and loaded.rgb_full.size == (96, 64) and loaded.rgb_full.mode == "RGB"
-    assert near(loaded.rgb_full.getpixel((10, 30)), RED, tol)
-    assert near(loaded.rgb_full.getpixel((80, 30)), (255, 255, 255), tol)
+    full = rgb_of(path)
+    assert loaded.image_size == (96, 64) and full.size == (96, 64) and full.mode == "RGB"
+    assert near(full.getpixel((10, 30)), RED, tol)
+    assert near(full.getpixel((80, 30)), (255, 255, 255), tol)
     # 96 x 64 pads to 96 x 96 with 16 white rows on top: canvas row 112 is inside, row 5 is padding
     assert near(canvas_rgb(loaded, 40, 112), RED, tol + 2)
     assert canvas_rgb(loaded, 40, 5) == [255, 255, 255]
@@ -68,7 +74,7 @@ def test_rgba_is_composited_on_white(tmp_path):
     rgba[:, 20:30] = (0, 0, 0, 128)      # half-transparent black -> mid grey
     rgba[:, 30:] = (0, 0, 255, 255)      # opaque blue
     Image.fromarray(rgba).save(tmp_path / "a.png")
-    full = load_image(tmp_path / "a.png", CONFIG).rgb_full
+    full = rgb_of(tmp_path / "a.png")
     assert full.getpixel((5, 5)) == (255, 255, 255)
     assert full.getpixel((25, 5)) == (127, 127, 127)  # 255 * (1 - 128/255)
     assert full.getpixel((35, 5)) == BLUE
@@ -79,7 +85,7 @@ def test_grey_with_alpha_la(tmp_path):
     la[:10] = (0, 255)   # opaque black
     la[10:] = (0, 0)     # transparent
     Image.fromarray(la).save(tmp_path / "la.png")
-    full = load_image(tmp_path / "la.png", CONFIG).rgb_full
+    full = rgb_of(tmp_path / "la.png")
     assert full.getpixel((5, 5)) == (0, 0, 0) and full.getpixel((5, 15)) == (255, 255, 255)
 
 
@@ -89,7 +95,7 @@ def test_palette_with_transparency(tmp_path, ext):
     p.putpalette([0, 0, 0] + list(RED) + [0] * 762)  # index 0 black (transparent), 1 red
     p.paste(1, (0, 0, 10, 20))
     p.save(tmp_path / f"p.{ext}", transparency=0)
-    full = load_image(tmp_path / f"p.{ext}", CONFIG).rgb_full
+    full = rgb_of(tmp_path / f"p.{ext}")
     assert full.getpixel((5, 5)) == RED
     assert full.getpixel((15, 5)) == (255, 255, 255)  # transparent black shows white, not black
 
@@ -98,7 +104,7 @@ def test_grey_with_colour_key_transparency(tmp_path):
     grey = Image.new("L", (20, 20), 0)
     grey.paste(90, (0, 0, 10, 20))
     grey.save(tmp_path / "key.png", transparency=0)
-    full = load_image(tmp_path / "key.png", CONFIG).rgb_full
+    full = rgb_of(tmp_path / "key.png")
     assert full.getpixel((5, 5)) == (90, 90, 90) and full.getpixel((15, 5)) == (255, 255, 255)
 
 
@@ -106,7 +112,7 @@ def test_grey_with_colour_key_transparency(tmp_path):
 def test_16bit_grey_is_scaled_not_clipped(tmp_path, ext):
     values = np.array([[0, 30000, 65535, 1000]], np.uint16).repeat(4, axis=0)
     Image.fromarray(values).save(tmp_path / f"g16.{ext}")
-    full = load_image(tmp_path / f"g16.{ext}", CONFIG).rgb_full
+    full = rgb_of(tmp_path / f"g16.{ext}")
     assert [full.getpixel((i, 1))[0] for i in range(4)] == [0, 117, 255, 4]  # round(v / 257)
 
 
@@ -115,17 +121,17 @@ def test_32bit_integer_and_float_tiff(tmp_path):
     Image.fromarray(ints).save(tmp_path / "i32.tif")
     image = Image.open(tmp_path / "i32.tif")
     assert image.mode == "I"
-    full = load_image(tmp_path / "i32.tif", CONFIG).rgb_full
+    full = rgb_of(tmp_path / "i32.tif")
     assert [full.getpixel((i, 1))[0] for i in range(3)] == [0, 117, 255]
 
     floats = np.array([[0.0, 0.5, 1.0]], np.float32).repeat(3, axis=0)
     Image.fromarray(floats).save(tmp_path / "f.tif")
-    full = load_image(tmp_path / "f.tif", CONFIG).rgb_full
+    full = rgb_of(tmp_path / "f.tif")
     assert [full.getpixel((i, 1))[0] for i in range(3)] == [0, 128, 255]
 
     wide = np.array([[-1000.0, 0.0, 3000.0]], np.float32).repeat(3, axis=0)  # arbitrary range: min..max
     Image.fromarray(wide).save(tmp_path / "w.tif")
-    full = load_image(tmp_path / "w.tif", CONFIG).rgb_full
+    full = rgb_of(tmp_path / "w.tif")
     assert [full.getpixel((i, 1))[0] for i in range(3)] == [0, 64, 255]
 
 
@@ -133,7 +139,7 @@ def test_16bit_rgb_png(tmp_path):
     # Pillow reads 16-bit RGB PNGs as 8-bit RGB; write one by hand to be sure it comes through
     raw = b"".join(b"\x00" + struct.pack(">HHH", 65535, 32896, 0) * 4 for _ in range(4))
     (tmp_path / "rgb16.png").write_bytes(png_bytes(4, 4, 16, 2, raw))
-    full = load_image(tmp_path / "rgb16.png", CONFIG).rgb_full
+    full = rgb_of(tmp_path / "rgb16.png")
     assert full.getpixel((1, 1)) == (255, 128, 0)
 
 
@@ -141,7 +147,7 @@ def test_cmyk_jpeg(tmp_path):
     Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(tmp_path / "print.jpg", quality=95)  # magenta+yellow
     assert Image.open(tmp_path / "print.jpg").mode == "CMYK"
     loaded = load_image(tmp_path / "print.jpg", CONFIG)
-    assert near(loaded.rgb_full.getpixel((16, 16)), RED, 6)
+    assert near(rgb_of(tmp_path / "print.jpg").getpixel((16, 16)), RED, 6)
     assert near(canvas_rgb(loaded, 112, 112), RED, 6)
 
 
@@ -152,7 +158,7 @@ CMYK_PROFILE = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")
 def test_cmyk_jpeg_with_icc_profile_goes_through_it(tmp_path):
     Image.new("CMYK", (32, 32), (255, 0, 0, 0)).save(tmp_path / "cyan.jpg", quality=95,
                                                      icc_profile=CMYK_PROFILE.read_bytes())
-    r, g, b = load_image(tmp_path / "cyan.jpg", CONFIG).rgb_full.getpixel((16, 16))
+    r, g, b = rgb_of(tmp_path / "cyan.jpg").getpixel((16, 16))
     # process cyan prints as a mid blue, not the naive formula's (0, 255, 255)
     assert r < 40 and 120 < g < 220 and b > 200
 
@@ -160,14 +166,14 @@ def test_cmyk_jpeg_with_icc_profile_goes_through_it(tmp_path):
 def test_cmyk_with_broken_icc_profile_falls_back(tmp_path):
     Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(tmp_path / "odd.jpg", quality=95,
                                                        icc_profile=b"not a profile at all")
-    assert near(load_image(tmp_path / "odd.jpg", CONFIG).rgb_full.getpixel((16, 16)), RED, 6)
+    assert near(rgb_of(tmp_path / "odd.jpg").getpixel((16, 16)), RED, 6)
 
 
 def test_animated_gif_uses_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), RED), Image.new("RGB", (16, 16), BLUE)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     assert Image.open(tmp_path / "anim.gif").n_frames == 2
-    assert load_image(tmp_path / "anim.gif", CONFIG).rgb_full.getpixel((8, 8)) == RED
+    assert rgb_of(tmp_path / "anim.gif").getpixel((8, 8)) == RED
 
 
 # How a camera stores an upright picture for each EXIF orientation (EXIF 2.3, tag 0x0112): the stored
@@ -196,7 +202,7 @@ def test_exif_orientation_comes_out_upright(tmp_path, orientation):
     stored.save(tmp_path / "cam.jpg", quality=95, exif=exif.tobytes())
     loaded = load_image(tmp_path / "cam.jpg", CONFIG)
     assert loaded.image_size == (48, 32)
-    full = loaded.rgb_full
+    full = rgb_of(tmp_path / "cam.jpg")
     assert near(full.getpixel((8, 8)), RED, 20)
     assert near(full.getpixel((40, 8)), BLUE, 20)
     assert near(full.getpixel((8, 24)), GREEN, 20)
@@ -211,7 +217,7 @@ def test_exif_orientation_in_png_and_tiff(tmp_path):
     for ext in ("png", "tif"):
         upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / f"r.{ext}", exif=exif.tobytes())
         loaded = load_image(tmp_path / f"r.{ext}", CONFIG)
-        assert loaded.image_size == (30, 20) and loaded.rgb_full.getpixel((3, 3)) == RED
+        assert loaded.image_size == (30, 20) and rgb_of(tmp_path / f"r.{ext}").getpixel((3, 3)) == RED
 
 
 # ------------------------------------------------------------------------------------------------
@@ -357,11 +363,11 @@ def test_every_input_kind_gives_the_same_target(tmp_path):
 def test_numpy_array_layouts():
     grey = np.full((10, 12), 100, np.uint8)
     for array in [grey, grey[..., None], np.stack([grey, np.full_like(grey, 255)], -1)]:
-        assert load_image(array, CONFIG).rgb_full.getpixel((3, 3)) == (100, 100, 100)
+        assert rgb_of(array).getpixel((3, 3)) == (100, 100, 100)
     rgba = np.zeros((10, 12, 4), np.uint8)  # transparent -> white
-    assert load_image(rgba, CONFIG).rgb_full.getpixel((3, 3)) == (255, 255, 255)
-    assert load_image(np.ones((10, 12), bool), CONFIG).rgb_full.getpixel((3, 3)) == (255, 255, 255)
-    assert load_image(np.full((10, 12), 7, np.int64), CONFIG).rgb_full.getpixel((3, 3)) == (7, 7, 7)
+    assert rgb_of(rgba).getpixel((3, 3)) == (255, 255, 255)
+    assert rgb_of(np.ones((10, 12), bool)).getpixel((3, 3)) == (255, 255, 255)
+    assert rgb_of(np.full((10, 12), 7, np.int64)).getpixel((3, 3)) == (7, 7, 7)
 
 
 @pytest.mark.parametrize("array,words", [
@@ -507,7 +513,7 @@ def test_apply_mask_whitens_the_background():
     assert (masked.target[..., :, 90:] == loaded.target[..., :, 90:]).all()
     assert (loaded.target == 0).all()  # the original is untouched
     assert masked.mask.shape == (1, 1, S, S) and masked.mask[0, 0, 0, 95] == 1 and masked.mask[0, 0, 0, 5] == 0
-    assert masked.canvas_to_image == loaded.canvas_to_image and masked.rgb_full is loaded.rgb_full
+    assert masked.canvas_to_image == loaded.canvas_to_image
     assert (apply_mask(loaded, mask.numpy()[0, 0]).target == masked.target).all()  # SxS numpy works too
     with pytest.raises(ValueError):
         apply_mask(loaded, torch.zeros(1, 1, 100, 100))
@@ -525,3 +531,81 @@ def test_canvas_to_image_points_numpy_and_torch():
     assert torch_points.grad is not None
     np.testing.assert_allclose(canvas_to_image_points(canvas_to_image_points(points, matrix), invert_matrix(matrix)),
                                points, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# display name, crop, huge files (issue 8 items 1-2)
+
+def test_name_replaces_the_file_name_in_messages(tmp_path):
+    (tmp_path / "image-0.img").write_bytes(b"not a picture at all")
+    with pytest.raises(EngineError) as err:
+        load_image(tmp_path / "image-0.img", CONFIG, name="Cat photo")
+    assert err.value.message.startswith("Cat photo:") and "image-0" not in err.value.message
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    assert load_image(tmp_path / "ok.png", CONFIG, name="Cat photo").name == "Cat photo"
+
+
+def test_crop_sketches_only_the_rectangle_but_maps_onto_the_whole_image(tmp_path):
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    image.paste(RED, (120, 20, 160, 60))  # a red square inside the crop below
+    image.save(tmp_path / "wide.png")
+    crop = (100, 10, 180, 90)  # an 80 x 80 square: fills the canvas with no padding
+    loaded = load_image(tmp_path / "wide.png", CONFIG, crop=crop)
+    assert loaded.image_size == (200, 100)
+    # canvas corners land on the crop's corners in the WHOLE image's pixels
+    corners = canvas_to_image_points(np.array([[0.0, 0.0], [S, S]]), loaded.canvas_to_image)
+    assert np.allclose(corners, [[100, 10], [180, 90]])
+    # the red square (crop pixels 20..60 of 80) is at canvas 56..168
+    assert near(canvas_rgb(loaded, 112, 112), RED, 2) and near(canvas_rgb(loaded, 20, 20), (255, 255, 255), 2)
+    # same placement as the whole image for a point inside the crop: (140, 40) is red in both
+    x, y = canvas_to_image_points(np.array([[112.0, 112.0]]), loaded.canvas_to_image)[0]
+    assert image.getpixel((int(x), int(y))) == RED
+
+
+@pytest.mark.parametrize("crop", [(0, 0, 0, 10), (10, 10, 5, 20), (-1, 0, 10, 10), (0, 0, 201, 100), ("a", 0, 1, 1)])
+def test_crop_outside_or_empty_is_a_bad_argument(tmp_path, crop):
+    Image.new("RGB", (200, 100)).save(tmp_path / "p.png")
+    with pytest.raises(EngineError) as err:
+        load_image(tmp_path / "p.png", CONFIG, name="Photo", crop=crop)
+    assert err.value.code == "bad_argument" and err.value.message.startswith("Photo:")
+
+
+def test_loaded_image_keeps_no_full_resolution_copy():
+    loaded = load_image(np.zeros((600, 800, 3), np.uint8), CONFIG)
+    assert not hasattr(loaded, "rgb_full")
+    assert all(not isinstance(v, Image.Image) for v in vars(loaded).values())
+
+
+def test_huge_file_is_refused_from_its_size_without_reading_it(tmp_path, monkeypatch):
+    huge = tmp_path / "movie.png"
+    with open(huge, "wb") as f:
+        f.truncate(2 * 1024 ** 3)  # sparse: 2 GB on paper, no disk used
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the file was read")
+    monkeypatch.setattr(Path, "read_bytes", no_reading)
+    monkeypatch.setattr(Image, "open", no_reading)
+    with pytest.raises(EngineError) as err:
+        load_image(huge, CONFIG)
+    assert err.value.code == "bad_image" and "too large" in err.value.message and "GB" in err.value.message
+
+
+def test_large_non_image_file_is_not_read_whole(tmp_path):
+    """Under the size limit, a non-image is refused from its header: peak memory does not grow by its size."""
+    import subprocess
+    import sys
+    big = tmp_path / "data.bin"
+    with open(big, "wb") as f:
+        f.write(b"garbage!" * 512)
+        f.truncate(400 * 1024 ** 2)  # 400 MB, sparse
+    script = ("import resource, sys\n"
+              "from clipasso_engine.imageio import load_image\n"
+              "from clipasso_engine.config import make_config\n"
+              "from clipasso_engine.errors import EngineError\n"
+              "config = make_config('fast')\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "try:\n    load_image(sys.argv[1], config)\nexcept EngineError as e:\n    print(e.code)\n"
+              "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(big)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    code, grown_mb = out.stdout.split()
+    assert code == "bad_image" and int(grown_mb) < 100, out
