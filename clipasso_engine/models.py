@@ -34,6 +34,7 @@ import inspect
 import os
 import socket
 import sys
+import threading
 import urllib.parse
 import urllib.request
 import zipfile
@@ -42,7 +43,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import EngineError
+from .errors import Cancelled, EngineError
+from .wire import CALLER_ENV, CALLER_INKSCAPE
 
 CLIP_NAMES = ("RN101", "ViT-B-32")
 MODEL_NAMES = CLIP_NAMES + ("u2net",)
@@ -161,11 +163,34 @@ def _missing(name: str, config, why: str) -> EngineError:
     folder = models_dir(config)
     names = " / ".join(local_file_names(name))
     where = f"the models folder {folder} has no {names}" if folder else f"no models folder with {names} is given"
-    return EngineError(
-        "weights_missing",
-        f"The {name} weights are not on this computer and cannot be downloaded ({why}); {where}. To fix it, run `clipasso download-models` once with "
-        f"network access, or pass --models-dir (or set CLIPASSO_MODELS_DIR) to a folder holding "
-        f"RN101.safetensors, ViT-B-32.safetensors and u2net.pth.")
+    files = "RN101.safetensors, ViT-B-32.safetensors and u2net.pth"
+    if os.environ.get(CALLER_ENV) == CALLER_INKSCAPE:  # the extension runs us: say how to fix it there
+        fix = (f"run `python3 install.py --download-models` once with network access (in the folder you installed "
+               f"the extension from), or run `python3 install.py --models-dir DIR` with a folder holding {files}")
+    else:
+        fix = (f"run `clipasso download-models` once with network access, or pass --models-dir (or set "
+               f"CLIPASSO_MODELS_DIR) to a folder holding {files}")
+    return EngineError("weights_missing", f"The {name} weights are not on this computer and cannot be downloaded "
+                                          f"({why}); {where}. To fix it, {fix}.")
+
+
+# --- interruption while loading --------------------------------------------------------------------------
+
+# Set by the caller (the CLI's Ctrl-C / cancel handling) when the user asked to stop. A reader that fails
+# while this is set failed because of the interruption, not because of the file: that is "cancelled",
+# never "weights_invalid" (which would advise deleting good weights).
+interrupt_pending = threading.Event()
+
+
+def _cancelled_while_loading() -> Cancelled:
+    return Cancelled("Cancelled while loading the models (the weights files were not changed).")
+
+
+def _invalid(message: str) -> EngineError:
+    """weights_invalid, unless an interruption is pending: then the failure is the interruption's."""
+    if interrupt_pending.is_set():
+        return _cancelled_while_loading()
+    return EngineError("weights_invalid", message)
 
 
 # --- downloading ---------------------------------------------------------------------------------------
@@ -314,23 +339,25 @@ def load_state_dict_file(path) -> dict:
             state = load_file(str(path), device="cpu")
         else:
             if _is_torchscript(path):
-                raise EngineError("weights_invalid", (
+                raise _invalid((
                     f"{path} is a TorchScript archive (OpenAI's original CLIP download); it is not loaded "
                     f"because that would run code from the file. Use the Hugging Face hub file instead "
                     f"(`clipasso download-models` fetches it)."))
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except EngineError:
         raise
+    except KeyboardInterrupt:
+        raise _cancelled_while_loading() from None
     except Exception as exc:  # noqa: BLE001 - whatever the reader says, the file is not usable
         unsafe = "weights_only" in str(exc) or "Unsupported global" in str(exc)
         reason = ("it contains Python objects besides tensors, which are not loaded for safety"
                   if unsafe else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}")
-        raise EngineError("weights_invalid", f"{path} is not a usable weights file ({reason}). Delete it and "
+        raise _invalid(f"{path} is not a usable weights file ({reason}). Delete it and "
                                              f"run `clipasso download-models`, or replace it.") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EngineError("weights_invalid", f"{path} does not hold a state dict of tensors. Delete it and run "
+        raise _invalid(f"{path} does not hold a state dict of tensors. Delete it and run "
                                              f"`clipasso download-models`, or replace it.")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
@@ -346,7 +373,7 @@ def _load_strict(module: torch.nn.Module, state: dict, path: Path, what: str):
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
             if keys:
                 details.append(f"{len(keys)} {label}, e.g. {keys[0]}")
-        raise EngineError("weights_invalid", f"{path} does not hold {what} weights ({'; '.join(details)}). "
+        raise _invalid(f"{path} does not hold {what} weights ({'; '.join(details)}). "
                                              f"Replace it with the right file or delete it and run "
                                              f"`clipasso download-models`.")
     module.load_state_dict(state, strict=True)

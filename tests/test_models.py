@@ -14,7 +14,8 @@ import torch
 
 from clipasso_engine import models
 from clipasso_engine.config import make_config
-from clipasso_engine.errors import EngineError
+from clipasso_engine.errors import Cancelled, EngineError
+from clipasso_engine.wire import CALLER_ENV, CALLER_INKSCAPE
 from fake_weights import install_in_hf_cache, make_test_weights
 
 CLIP_NAMES = ("RN101", "ViT-B-32")
@@ -28,6 +29,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("CLIPASSO_CACHE", str(tmp_path / "clipasso-cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(CALLER_ENV, raising=False)
     monkeypatch.delenv("CLIPASSO_MODELS_DIR", raising=False)
 
     def no_network(url):
@@ -185,6 +187,17 @@ def test_weights_missing_fails_at_once_with_a_fix(name):
     assert models.models_status(config) == {"RN101": None, "ViT-B-32": None, "u2net": None}
 
 
+def test_weights_missing_under_inkscape_says_how_to_fix_it_there(monkeypatch):
+    """Issue 8 item 4: an Inkscape user has no command line to pass --models-dir to."""
+    monkeypatch.setenv(CALLER_ENV, CALLER_INKSCAPE)
+    with pytest.raises(EngineError) as caught:
+        models.load_clip("RN101", make_config("fast"), "cpu")
+    message = caught.value.message
+    assert caught.value.code == "weights_missing"
+    assert "install.py --download-models" in message and "install.py --models-dir" in message
+    assert "CLIPASSO_MODELS_DIR" not in message and "clipasso download-models" not in message
+
+
 def test_weights_missing_names_the_empty_models_folder(tmp_path):
     folder = folder_with(tmp_path, {})
     with pytest.raises(EngineError) as caught:
@@ -223,6 +236,34 @@ def test_failed_hub_download_becomes_weights_missing(monkeypatch):
 
 
 # --- invalid weights -----------------------------------------------------------------------------------
+
+def test_reader_failing_during_an_interruption_is_cancelled_not_invalid(models_dir, monkeypatch):
+    """Issue 10 item 1: Ctrl-C while safetensors reads a good file made it raise a ValueError, reported
+    as a broken file to delete. With an interruption pending, any reader failure is the interruption's."""
+    import safetensors.torch
+
+    def interrupted_read(*args, **kwargs):
+        raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+    monkeypatch.setattr(safetensors.torch, "load_file", interrupted_read)
+    config = make_config("fast", models_dir=str(models_dir))
+    with pytest.raises(EngineError) as caught:   # no interruption: the file is the culprit
+        models.load_clip("ViT-B-32", config, "cpu")
+    assert caught.value.code == "weights_invalid"
+    monkeypatch.setattr(models.interrupt_pending, "is_set", lambda: True)
+    with pytest.raises(Cancelled) as caught:
+        models.load_clip("ViT-B-32", config, "cpu")
+    assert caught.value.code == "cancelled" and "Delete" not in caught.value.message
+
+
+def test_keyboard_interrupt_inside_a_reader_is_cancelled(models_dir, monkeypatch):
+    import safetensors.torch
+
+    def interrupted_read(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(safetensors.torch, "load_file", interrupted_read)
+    with pytest.raises(Cancelled):
+        models.load_clip("RN101", make_config("fast", models_dir=str(models_dir)), "cpu")
+
 
 @pytest.mark.parametrize("file_name", ["RN101.safetensors", "RN101.pt", "u2net.pth"])
 def test_garbage_file_is_weights_invalid(file_name, tmp_path):
