@@ -33,6 +33,12 @@ if HERE not in sys.path:
 import engine_run  # noqa: E402
 import placement  # noqa: E402
 
+try:  # the installed extension: install.py copies clipasso_engine/wire.py beside this script
+    import clipasso_wire as wire  # noqa: E402
+except ImportError:  # a checkout: the repo root holds clipasso_engine (its __init__ is stdlib-only)
+    sys.path.insert(0, os.path.dirname(HERE))
+    from clipasso_engine import wire  # noqa: E402
+
 CONFIG_NAME = "clipasso_engine.json"
 LOG_NAME = "clipasso-sketch.log"
 PRESETS = ("fast", "balanced", "paper")
@@ -42,6 +48,16 @@ MIME_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "
 INKSCAPE_NS = "http://www.inkscape.org/namespaces/inkscape"
 SODIPODI_NS = "http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd"
 XLINK_NS = "http://www.w3.org/1999/xlink"
+# A linked file above this size is refused before anything reads it (issue 8 item 1): the engine's
+# own pixel limit is far below what any such file holds, and reading it whole would eat the RAM.
+MAX_IMAGE_BYTES = 200 * 1024 * 1024
+# Leading bytes of the formats the engine reads: anything else is refused before it is read whole.
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def looks_like_image(header):
+    """True when the file's first bytes are those of PNG, JPEG, GIF, BMP, TIFF or WebP."""
+    return header.startswith(IMAGE_MAGIC) or (header[:4] == b"RIFF" and header[8:12] == b"WEBP")
 
 
 def abort(message):
@@ -180,9 +196,29 @@ class ClipassoSketch(inkex.EffectExtension):
                 candidates.append(absref)
         for candidate in candidates:
             if candidate and os.path.isfile(os.path.expanduser(candidate)):
-                return os.path.expanduser(candidate)
-        abort(f"The linked image file of {name!r} was not found ({candidates[0] if candidates else href}): "
-              f"relink or embed the image and try again.")
+                return self.checked_link(os.path.expanduser(candidate), name)
+        # Inkscape hands us a copy of the document in a temp folder: name the link as the designer
+        # wrote it, and where we looked (issue 8 item 5).
+        saved = self.svg_path()
+        resolved = os.path.join(saved, urllib.parse.unquote(href)) if saved and scheme != "file" \
+            and not os.path.isabs(urllib.parse.unquote(href)) else (candidates[0] if candidates else href)
+        abort(f"The linked image file of {name!r} was not found: the document links to {href!r}, "
+              f"which is {resolved}; relink or embed the image and try again.")
+
+    @staticmethod
+    def checked_link(path, name):
+        """The linked file, once its size and first bytes say it is an image (issue 8 item 1):
+        a huge or foreign file is refused before the engine reads it whole."""
+        size = os.path.getsize(path)
+        if size > MAX_IMAGE_BYTES:
+            abort(f"The linked file of {name!r} ({path}) is {size / 2**20:.0f} MB, larger than the "
+                  f"{MAX_IMAGE_BYTES // 2**20} MB CLIPasso reads: link a smaller copy (a few megapixels is plenty).")
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if not looks_like_image(header):
+            abort(f"The linked file of {name!r} ({path}) is not a PNG, JPEG, GIF, BMP, TIFF or WebP "
+                  f"image: relink the image and try again.")
+        return path
 
     # --- 2 + 3. running the engine ------------------------------------------------------------
     def engine_command(self, python, models_dir, image_path, out_svg, strokes):
@@ -206,6 +242,7 @@ class ClipassoSketch(inkex.EffectExtension):
         if os.environ.get("CLIPASSO_ENGINE_PYTHONPATH"):
             env["PYTHONPATH"] = os.environ["CLIPASSO_ENGINE_PYTHONPATH"]
         env["PYTHONUNBUFFERED"] = "1"
+        env[wire.CALLER_ENV] = wire.CALLER_INKSCAPE  # engine messages then speak to an Inkscape user
         return env
 
     def run_engine(self, jobs, log_path):
@@ -278,10 +315,15 @@ class ClipassoSketch(inkex.EffectExtension):
         parent = anchor.getparent()
         image_size = result["image_size"]
         attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
-        rect = placement.image_rect(attributes, image_size, self.viewport_size())
-        pixels_to_user = placement.image_placement(*rect, image_size, image.get("preserveAspectRatio"))
-        matrix = placement.canvas_to_layer(tuple(result["canvas_to_image"]), pixels_to_user,
-                                           composed_matrix(image), composed_matrix(parent))
+        try:
+            rect = placement.image_rect(attributes, image_size, self.viewport_size())
+            pixels_to_user = placement.image_placement(*rect, image_size, image.get("preserveAspectRatio"))
+            matrix = placement.canvas_to_layer(tuple(result["canvas_to_image"]), pixels_to_user,
+                                               composed_matrix(image), composed_matrix(parent))
+        except (ValueError, ZeroDivisionError):  # issue 8 item 13: a sentence, not a traceback
+            abort(f"The sketch of {image.get('id') or 'the image'!r} cannot be placed: the layer or group "
+                  f"{parent.get('id') or ''!r} that holds it is scaled to zero (or the image has no size). "
+                  f"Fix its transform (Object > Transform) and try again.")
         width = float(result.get("stroke_width", 3.0)) * placement.width_scale(matrix)
         color, opacity = color_to_css(self.options.stroke_color)
         style = (f"fill:none;stroke:{color};stroke-width:{placement.fmt(width)};"

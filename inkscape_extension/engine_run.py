@@ -195,8 +195,21 @@ class EngineProcess:
                 raise EngineCancelled("Cancelled: the document was not changed.")
             message = str(self.error.get("message") or "unknown error").strip()
             raise EngineFailed(f"CLIPasso could not make the sketch: {message} (details in {log_path})")
+        if code is not None and code < 0:  # killed by a signal: on Linux, usually the OOM killer
+            raise EngineFailed(describe_kill(-code, log_path))
         raise EngineFailed(f"The CLIPasso engine stopped unexpectedly (exit status {code}) without "
                            f"a result; the details are in {log_path}")
+
+
+def describe_kill(signum, log_path):
+    """A sentence for an engine the system stopped (issue 8 item 6), instead of "exit status -9"."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return (f"The CLIPasso engine was stopped by the system ({name}), most likely because the computer ran "
+            f"out of memory: try fewer seeds, the Fast quality, fewer images or stroke counts at once, or "
+            f"the other device (Run on: CPU or GPU); the details are in {log_path}")
 
 
 def stop_all(grace_s=STOP_GRACE_S):

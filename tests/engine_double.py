@@ -8,6 +8,7 @@ ENGINE_DOUBLE_MODE picks the behaviour:
   ok        start, status, 3 progress events, result, exit 0 (default)
   error     an error event (code bad_image), exit 1
   crash     a few progress events then a traceback on stderr, exit 1, no result
+  killed    a few progress events then SIGKILL to itself (what the OOM killer does)
   noresult  exit 0 without a result event
   garbage   non-JSON chatter on stdout around a normal run
   hang      progress, then wait forever; exits when stdin closes or on SIGTERM (like the engine)
@@ -104,6 +105,7 @@ def main():
     else:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
     record = os.environ.get("ENGINE_DOUBLE_RECORD")
+    caller = os.environ.get("CLIPASSO_CALLER")
     try:
         size = image_size(options["image"])
     except (OSError, ValueError) as error:
@@ -113,7 +115,8 @@ def main():
         with open(options["image"], "rb") as handle:
             image_bytes = len(handle.read())
         with open(record, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"argv": sys.argv[1:], "image_bytes": image_bytes, "image_size": size}) + "\n")
+            handle.write(json.dumps({"argv": sys.argv[1:], "image_bytes": image_bytes, "image_size": size,
+                                     "caller": caller}) + "\n")
 
     print("engine double: loading nothing", file=sys.stderr)
     emit(event="start", version="0.1.0", device="cpu", backend="torch", preset=options.get("preset"),
@@ -131,6 +134,8 @@ def main():
     if mode == "crash":
         print("Traceback (most recent call last):\nRuntimeError: boom", file=sys.stderr)
         return 1
+    if mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
     if mode == "spawn":
         child = subprocess.Popen(["sleep", "60"])
         with open(os.environ["ENGINE_DOUBLE_PIDS"], "w", encoding="utf-8") as handle:

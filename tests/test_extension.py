@@ -105,6 +105,16 @@ class DoubleEngineMixin:
             original = handle.read()
         return status, errors.getvalue(), output.getvalue(), original
 
+    def linked(self, href):
+        """Run on a one-image document linking to href."""
+        infile = os.path.join(self.tempdir, "sub", "linked.svg")
+        os.makedirs(os.path.dirname(infile), exist_ok=True)
+        with open(infile, "w", encoding="utf-8") as handle:
+            handle.write('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                         'width="100" height="100"><image id="im" width="40" height="20" '
+                         f'xlink:href="{href}"/></svg>')
+        return self.run_extension("--id=im", "--strokes=1", document=infile)
+
     def recorded(self):
         with open(self.record, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle]
@@ -233,7 +243,9 @@ def system_gtk_available():
 class TestProgressWindow(unittest.TestCase):
     def run_window(self, how):
         import subprocess
+        import shutil
         folder = tempfile.mkdtemp(prefix="clipasso-window-")
+        self.addCleanup(shutil.rmtree, folder, True)
         script = os.path.join(folder, "window.py")
         with open(script, "w", encoding="utf-8") as handle:
             handle.write(WINDOW_SCRIPT)
@@ -287,6 +299,29 @@ class TestInx(InxMixin, TestCase):
         for word in ("Fast", "Balanced", "Paper", "Seeds", "background", "Cancel", "about 2 hours"):
             self.assertIn(word, help_text)
 
+    def test_inx_gives_one_time_per_preset(self):
+        """Issue 8 item 8: the option's label, the description and the Help tab agree, with the
+        README's measured Presets table (fast 1.3 min, balanced ~18 min, paper ~115 min = ~2 h)."""
+        import re
+        from lxml import etree
+        ns = {"i": "http://www.inkscape.org/namespace/inkscape/extension"}
+        inx = etree.parse(os.path.join(REPO, "clipasso.inx"))
+        preset = inx.find(".//i:param[@name='preset']", ns)
+        self.assertIsNone(re.search(r"minute|hour", preset.get("gui-description")), "times live in the labels")
+        help_text = "".join(inx.find(".//i:page[@name='help']", ns).itertext())
+        expected = {"fast": "1.3 minutes", "balanced": "18 minutes", "paper": "2 hours"}
+        for option in preset.findall("i:option", ns):
+            label = option.text
+            self.assertEqual(re.findall(r"about ([\d.]+ \w+)", label), [expected[option.get("value")]], label)
+            name = label.split()[0]
+            sentence = re.search(name + r"[^;.]*?about ([\d.]+ \w+)", help_text)
+            self.assertEqual(sentence.group(1), expected[option.get("value")], name)
+        with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+            readme = handle.read()
+        self.assertIn("**1.3 min**", readme)
+        self.assertIn("~18 min", readme)
+        self.assertIn("~115 min", readme)
+
 
 # --- errors: one sentence, document untouched ---------------------------------------------------
 class TestErrors(DoubleEngineMixin, TestCase):
@@ -309,8 +344,59 @@ class TestErrors(DoubleEngineMixin, TestCase):
         self.assertFalse(os.path.exists(self.record))
 
     def test_missing_linked_file(self):
+        # the link as written in the document, and where that is (issue 8 item 5)
         self.assertAborted(self.run_extension("--id=broken_link"), "was not found",
-                           os.path.join(DATA, "does_not_exist.png"), "relink or embed")
+                           "links to 'does_not_exist.png'", os.path.join(DATA, "does_not_exist.png"),
+                           "relink or embed")
+
+    def test_missing_link_named_against_the_saved_document(self):
+        """Inkscape hands the script a temp copy: the message names the saved document's folder."""
+        copy = os.path.join(self.tempdir, "inkscape-copy", "placement.svg")
+        os.makedirs(os.path.dirname(copy))
+        with open(os.path.join(DATA, "placement.svg"), "rb") as src, open(copy, "wb") as dst:
+            dst.write(src.read())
+        os.environ["DOCUMENT_PATH"] = os.path.join(DATA, "placement.svg")
+        errors = self.assertAborted(self.run_extension("--id=broken_link", document=copy), "was not found")
+        self.assertIn(os.path.join(DATA, "does_not_exist.png"), errors)
+        self.assertNotIn("inkscape-copy", errors)
+
+    def test_huge_linked_file_refused_before_reading(self):
+        big = os.path.join(self.tempdir, "huge.png")
+        with open(os.path.join(DATA, "photo_30x60.png"), "rb") as src, open(big, "wb") as dst:
+            dst.write(src.read())
+            dst.truncate(clipasso_sketch.MAX_IMAGE_BYTES + 1)  # sparse: costs no disk
+        status, errors, _, _ = self.linked(big)
+        self.assertIn("larger than the 200 MB", errors)
+        self.assertFalse(os.path.exists(self.record), "the engine must not run")
+
+    def test_linked_file_not_an_image_refused_before_the_engine(self):
+        status, errors, _, _ = self.linked(os.path.join(DATA, "not_an_image.png"))
+        self.assertIn("is not a PNG, JPEG", errors)
+        self.assertFalse(os.path.exists(self.record), "the engine must not run")
+
+    def test_header_sniffing(self):
+        for header in (b"\x89PNG\r\n\x1a\n\0\0", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM\0\0",
+                       b"RIFF\0\0\0\0WEBPVP8 ", b"II*\x00"):
+            self.assertTrue(clipasso_sketch.looks_like_image(header), header)
+        for header in (b"hello, I am text", b"", b"RIFF\0\0\0\0WAVE", b"<svg"):
+            self.assertFalse(clipasso_sketch.looks_like_image(header), header)
+
+    def test_layer_scaled_to_zero(self):
+        infile = os.path.join(self.tempdir, "zero.svg")
+        with open(infile, "w", encoding="utf-8") as handle:
+            handle.write('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                         'xmlns:inkscape="http://www.inkscape.org/namespaces/inkscape" width="100" height="100">'
+                         '<g id="outer" inkscape:groupmode="layer" transform="scale(0)">'
+                         '<g id="inner" inkscape:groupmode="layer"><image id="im" width="40" height="20" '
+                         f'xlink:href="{os.path.join(DATA, "photo_40x20.png")}"/></g></g></svg>')
+        self.assertAborted(self.run_extension("--id=im", "--strokes=1", document=infile),
+                           "scaled to zero", "'outer'")
+
+    def test_engine_killed_by_the_system(self):
+        os.environ["ENGINE_DOUBLE_MODE"] = "killed"
+        errors = self.assertAborted(self.run_extension("--id=plain"), "stopped by the system", "SIGKILL",
+                                    "out of memory", "fewer seeds", "Fast", self.log_path)
+        self.assertNotIn("-9", errors)
 
     def test_web_link(self):
         infile = os.path.join(self.tempdir, "web.svg")
@@ -364,9 +450,10 @@ class TestErrors(DoubleEngineMixin, TestCase):
         os.environ["CLIPASSO_STALL_TIMEOUT"] = "0.5"
         self.assertAborted(self.run_extension("--id=plain"), "no sign of progress", self.log_path)
 
-    def test_failure_in_second_run_changes_nothing(self):
-        # the real engine rejects not_an_image.png; the double does the same
-        self.assertAborted(self.run_extension("--id=plain", "--id=not_image"), self.log_path)
+    def test_failure_in_second_image_changes_nothing(self):
+        # not_an_image.png is refused by its header, before any engine runs
+        self.assertAborted(self.run_extension("--id=plain", "--id=not_image"), "not_image", "is not a PNG")
+        self.assertFalse(os.path.exists(self.record), "the engine must not run")
 
 
 # --- what the engine is asked for -------------------------------------------------------------
@@ -387,6 +474,7 @@ class TestEngineCommand(DoubleEngineMixin, TestCase):
         self.assertEqual(options["--progress"], "jsonl")
         self.assertIn("--mask-background", argv)
         self.assertEqual(argv[3], os.path.join(DATA, "photo_40x20.png"))
+        self.assertEqual(self.recorded()[0]["caller"], "inkscape")  # CLIPASSO_CALLER for the engine
 
     def test_defaults_leave_seeds_to_the_preset(self):
         self.run_extension("--id=plain")
@@ -412,15 +500,6 @@ class TestEngineCommand(DoubleEngineMixin, TestCase):
         labels = [layer.get("inkscape:label") for layer in svg.xpath("//svg:g[@inkscape:groupmode='layer']")]
         self.assertEqual(labels.count("CLIPasso sketch \u2014 8 strokes"), 2)
         self.assertEqual(labels.count("CLIPasso sketch \u2014 4 strokes"), 2)
-
-    def linked(self, href):
-        infile = os.path.join(self.tempdir, "sub", "linked.svg")
-        os.makedirs(os.path.dirname(infile), exist_ok=True)
-        with open(infile, "w", encoding="utf-8") as handle:
-            handle.write('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-                         'width="100" height="100"><image id="im" width="40" height="20" '
-                         f'xlink:href="{href}"/></svg>')
-        return self.run_extension("--id=im", "--strokes=1", document=infile)
 
     def test_absolute_and_file_uri_links(self):
         photo = os.path.join(DATA, "photo_30x60.png")
@@ -590,6 +669,7 @@ class TestPlacementMath(unittest.TestCase):
 class TestEngineRun(unittest.TestCase):
     def setUp(self):
         self.folder = tempfile.mkdtemp(prefix="clipasso-run-")
+        self.addCleanup(self.remove_folder)
         self.photo = os.path.join(DATA, "photo_40x20.png")
         self.log_path = os.path.join(self.folder, "log.txt")
 
@@ -597,6 +677,11 @@ class TestEngineRun(unittest.TestCase):
         return ["env", f"ENGINE_DOUBLE_MODE={mode}", f"ENGINE_DOUBLE_PIDS={self.folder}/pids",
                 sys.executable, DOUBLE, "sketch", self.photo, "-o", os.path.join(self.folder, "out.svg"),
                 "--strokes", "2"]
+
+    def remove_folder(self):
+        import shutil
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.assertFalse(os.path.exists(self.folder), "tests must not leave clipasso-run-* behind")
 
     def test_parse_event(self):
         self.assertEqual(engine_run.parse_event('{"event":"progress","iteration":3}\n')["iteration"], 3)
