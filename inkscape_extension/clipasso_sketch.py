@@ -32,12 +32,7 @@ if HERE not in sys.path:
 
 import engine_run  # noqa: E402
 import placement  # noqa: E402
-
-try:  # the installed extension: install.py copies clipasso_engine/wire.py beside this script
-    import clipasso_wire as wire  # noqa: E402
-except ImportError:  # a checkout: the repo root holds clipasso_engine (its __init__ is stdlib-only)
-    sys.path.insert(0, os.path.dirname(HERE))
-    from clipasso_engine import wire  # noqa: E402
+from engine_run import wire  # noqa: E402  (clipasso_wire when installed, else the checkout's)
 
 CONFIG_NAME = "clipasso_engine.json"
 LOG_NAME = "clipasso-sketch.log"
@@ -171,7 +166,12 @@ class ClipassoSketch(inkex.EffectExtension):
                     data = urllib.parse.unquote_to_bytes(payload)
             except ValueError:
                 abort(f"The embedded picture of {name!r} is damaged (bad base64 data).")
-            path = os.path.join(workdir, f"image-{index}{MIME_SUFFIX.get(mime, '.img')}")
+            # named after the image, so the engine's messages name what the designer sees (issue 8 item 3)
+            label = image.get(f"{{{INKSCAPE_NS}}}label") or name
+            safe = re.sub(r"[^\w .()-]+", "_", label).strip(" .") or f"image {index + 1}"
+            folder = os.path.join(workdir, str(index))  # one folder per image: equal labels never clash
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, safe[:80] + MIME_SUFFIX.get(mime, ".img"))
             with open(path, "wb") as handle:
                 handle.write(data)
             return path

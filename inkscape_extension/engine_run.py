@@ -7,7 +7,6 @@ log file. The engine is started in its own session / process group, so `stop()` 
 everything it spawned: close stdin (the engine's polite stop signal), then SIGTERM, then SIGKILL.
 """
 
-import json
 import os
 import queue
 import signal
@@ -15,6 +14,12 @@ import subprocess
 import sys
 import threading
 import time
+
+try:  # the installed extension: install.py copies clipasso_engine/wire.py beside this script
+    import clipasso_wire as wire
+except ImportError:  # a checkout: the repo root holds clipasso_engine (its __init__ is stdlib-only)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from clipasso_engine import wire
 
 STOP_GRACE_S = 3.0        # after closing stdin, and again after SIGTERM
 STALL_TIMEOUT_S = 1800.0  # no line from the engine for this long -> stop it (loading/downloading emit status)
@@ -29,20 +34,6 @@ class EngineFailed(Exception):
 
 class EngineCancelled(EngineFailed):
     pass
-
-
-def parse_event(line):
-    """One stdout line -> event dict, or None for anything that is not a JSON event object."""
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-        return None
-    return event
 
 
 def format_duration(seconds):
@@ -112,7 +103,7 @@ class EngineProcess:
     def _read_stdout(self):
         try:
             for raw in iter(self.process.stdout.readline, b""):
-                event = parse_event(raw.decode("utf-8", "replace"))
+                event = wire.parse_event(raw)
                 if event is not None:
                     self.events.put(event)
                 else:  # stray prints (a library chatting on stdout): keep them, in the log
@@ -134,11 +125,11 @@ class EngineProcess:
         for event in events:
             self.last_heard = time.monotonic()
             kind = event["event"]
-            if kind == "result":
+            if kind == wire.RESULT:
                 self.result = event
-            elif kind == "error":
+            elif kind == wire.ERROR:
                 self.error = event
-            elif kind == "progress":
+            elif kind == wire.PROGRESS:
                 self.last_progress = event
         return events
 
@@ -191,7 +182,7 @@ class EngineProcess:
         if self.result is not None and code == 0:
             return self.result
         if self.error is not None:
-            if self.error.get("code") == "cancelled":
+            if self.error.get("code") == "cancelled":  # wire.ERROR_CODES
                 raise EngineCancelled("Cancelled: the document was not changed.")
             message = str(self.error.get("message") or "unknown error").strip()
             raise EngineFailed(f"CLIPasso could not make the sketch: {message} (details in {log_path})")

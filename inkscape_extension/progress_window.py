@@ -11,6 +11,7 @@ import os
 import sys
 
 import engine_run
+from engine_run import wire
 
 POLL_MS = 100
 
@@ -51,10 +52,12 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
     status = Gtk.Label(label="Starting the engine\u2026", xalign=0.0)
     bar = Gtk.ProgressBar(show_text=True)
     detail = Gtk.Label(label=" ", xalign=0.0)
+    notice = Gtk.Label(xalign=0.0, wrap=True)  # what the engine wants the designer to know (no GPU ...)
+    notice.set_no_show_all(True)
     buttons = Gtk.Box(spacing=6)
     cancel = Gtk.Button(label="Cancel")
     buttons.pack_end(cancel, False, False, 0)
-    for widget in (heading, status, bar, detail, buttons):
+    for widget in (heading, status, bar, detail, notice, buttons):
         box.pack_start(widget, False, False, 0)
 
     def finish(failure=None):
@@ -89,11 +92,14 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
             return False
         for event in engine.drain():
             kind = event["event"]
-            if kind == "status":
+            if kind == wire.STATUS:
                 status.set_text(str(event.get("message", "")))
-            elif kind == "start":
+            elif kind == wire.NOTICE:  # issue 8 item 7: shown, not dropped
+                notice.set_markup(f"<i>{GLib.markup_escape_text(str(event.get('message', '')))}</i>")
+                notice.show()
+            elif kind == wire.START:
                 status.set_text(f"Running on {event.get('device', '?')}, preset {event.get('preset', '?')}")
-            elif kind == "progress":
+            elif kind == wire.PROGRESS:
                 fraction, text = engine_run.describe_progress(event)
                 bar.set_fraction(fraction)
                 bar.set_text(f"{int(round(100 * fraction))} %")

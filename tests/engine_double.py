@@ -122,11 +122,13 @@ def main():
     emit(event="start", version="0.1.0", device="cpu", backend="torch", preset=options.get("preset"),
          strokes=strokes_n, iterations=30, seeds=1, models={})
     emit(event="status", message="Loading models")
+    emit(event="notice", message="No GPU found: running on the CPU.")
     if mode == "garbage":
         print("some library printing on stdout")
         print("{not json")
     if mode == "error":
-        emit(event="error", code="bad_image", message="photo.png: not an image file (cannot identify format).")
+        emit(event="error", code="bad_image",
+             message=f"{os.path.basename(options['image'])}: not an image file (cannot identify format).")
         return 1
     for iteration in (10, 20):
         emit(event="progress", iteration=iteration, total=30, loss=1.0 / iteration, best_loss=1.0 / iteration,

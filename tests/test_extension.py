@@ -203,7 +203,7 @@ WINDOW_SCRIPT = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 import engine_run, progress_window
-from gi.repository import GLib
+from gi.repository import GLib, Gtk
 folder, double, photo, how = sys.argv[2:6]
 log = open(os.path.join(folder, "log"), "wb")
 def command(mode):
@@ -213,7 +213,18 @@ started = []
 def start(cmd):
     started.append(engine_run.EngineProcess(cmd, log))
     return started[-1]
+seen_texts = set()
+def visible_texts(widget):
+    if isinstance(widget, Gtk.Label) and widget.get_visible():
+        seen_texts.add(widget.get_text())
+    if isinstance(widget, Gtk.Container):
+        for child in widget.get_children():
+            visible_texts(child)
 def shown(window, cancel):
+    def look():
+        visible_texts(window)
+        return True
+    GLib.timeout_add(20, look)
     if how == "button":
         GLib.timeout_add(700, lambda: cancel.clicked() and False)
     elif how == "close":
@@ -226,6 +237,7 @@ try:
 except engine_run.EngineFailed as failure:
     report["failure"] = type(failure).__name__
 report["exit_codes"] = [e.process.poll() for e in started]
+report["texts"] = sorted(seen_texts)
 print(json.dumps(report))
 """
 
@@ -261,6 +273,8 @@ class TestProgressWindow(unittest.TestCase):
         self.assertTrue(report["available"])
         self.assertEqual(report["results"], ["result", "result"])
         self.assertEqual(report["exit_codes"], [0, 0])
+        # the engine's notice is shown to the designer (issue 8 item 7)
+        self.assertIn("No GPU found: running on the CPU.", report["texts"])
 
     def test_cancel_button_stops_the_engine(self):
         report = self.run_window("button")
@@ -434,6 +448,12 @@ class TestErrors(DoubleEngineMixin, TestCase):
     def test_engine_error_event(self):
         os.environ["ENGINE_DOUBLE_MODE"] = "error"
         self.assertAborted(self.run_extension("--id=plain"), "not an image file", self.log_path)
+
+    def test_engine_error_names_an_embedded_image_by_its_id(self):
+        """Issue 8 item 3: never the extension's temp file (image-0.png)."""
+        os.environ["ENGINE_DOUBLE_MODE"] = "error"
+        errors = self.assertAborted(self.run_extension("--id=embedded"), "embedded.png: not an image file")
+        self.assertNotIn("image-0", errors)
 
     def test_engine_crash(self):
         os.environ["ENGINE_DOUBLE_MODE"] = "crash"
@@ -683,10 +703,9 @@ class TestEngineRun(unittest.TestCase):
         shutil.rmtree(self.folder, ignore_errors=True)
         self.assertFalse(os.path.exists(self.folder), "tests must not leave clipasso-run-* behind")
 
-    def test_parse_event(self):
-        self.assertEqual(engine_run.parse_event('{"event":"progress","iteration":3}\n')["iteration"], 3)
-        for line in ("", "hello", "{broken", "[1,2]", '{"no_event": 1}', '{"event": 5}'):
-            self.assertIsNone(engine_run.parse_event(line), line)
+    def test_parse_event_is_the_wire_module(self):
+        self.assertEqual(engine_run.wire.parse_event(b'{"event":"progress","iteration":3}\n')["iteration"], 3)
+        self.assertFalse(hasattr(engine_run, "parse_event"), "events are parsed by wire.py only")
 
     def test_format_eta(self):
         self.assertEqual(engine_run.format_eta(12.4), "about 12 s left")
