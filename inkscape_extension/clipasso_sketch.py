@@ -135,6 +135,23 @@ class ClipassoSketch(inkex.EffectExtension):
         pars.add_argument("--stroke_color", type=inkex.Color, default=inkex.Color("black"))
         pars.add_argument("--layer_name", default="CLIPasso sketch")
 
+    def load(self, stream):
+        """inkex 1.2 looks selected ids up with the XPath //*[@id="..."], which fails outright on an
+        id holding a double quote (issue 8 item 14), before effect() runs. Such ids are left out of
+        inkex's lookup and selected here by walking the tree instead."""
+        quoted = [eid for eid in self.options.ids if '"' in eid]
+        self.options.ids = [eid for eid in self.options.ids if '"' not in eid]
+        document = super().load(stream)
+        for eid in quoted:
+            found = [element for element in self.svg.iter() if element.get("id") == eid]
+            try:
+                self.svg.selection.add(*found[:1])
+            except Exception:  # inkex's own limitation: say which element, not a traceback
+                abort(f"The selected element with the id {eid!r} cannot be read by Inkscape's extension "
+                      f"library because of the double quote in its id: rename it (Object > Object "
+                      f"Properties) and try again.")
+        return document
+
     # --- 1. the images ------------------------------------------------------------------------
     def selected_images(self):
         selected = list(self.svg.selection.values())

@@ -181,6 +181,18 @@ class TestInkex12(DoubleEngineMixin, TestCase):
                               cwd=os.path.join(REPO, "inkscape_extension"), env=env,
                               capture_output=True, timeout=60)
 
+    def test_id_with_double_quote_under_inkex_12(self):
+        """Issue 8 item 14: inkex 1.2's own selection lookup fails on such an id; the image is still
+        found and sketched."""
+        infile = os.path.join(self.tempdir, "quote.svg")
+        with open(infile, "w", encoding="utf-8") as handle:
+            handle.write('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                         'width="100" height="100"><image id="my&quot;photo" width="40" height="20" '
+                         f'xlink:href="{os.path.join(DATA, "photo_40x20.png")}"/></svg>')
+        done = self.run_script(('--id=my"photo', "--strokes=2"), infile)
+        self.assertEqual(done.stderr, b"")
+        self.assertIn(b"clipasso-my_photo-2-stroke-2", done.stdout)
+
     def test_goldens_under_inkex_12(self):
         for args, document in self.CASES:
             with self.subTest(args=args):
