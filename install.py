@@ -2,14 +2,16 @@
 """Install CLIPasso Sketch: the engine's virtual environment, PyTorch, the engine, the Inkscape extension.
 
     python3 install.py                      # install or upgrade, everything in the usual places
-    python3 install.py --download-models    # ... and fetch the model weights (about 0.6 GB)
+    python3 install.py --download-models    # ... and fetch the model weights (see WEIGHTS_SIZE)
     python3 install.py --dry-run            # print the plan, change nothing
     python3 install.py --uninstall          # remove what install.py installed
 
 Standard library only, Python >= 3.10, any OS. Steps, each safe to repeat:
   1. the engine's virtual environment (created unless it exists; --venv chooses where)
   2. PyTorch suited to this machine: a torch already in the environment is kept; otherwise the CUDA
-     build where an NVIDIA driver answers, PyTorch's CPU wheels elsewhere (plain PyPI on macOS)
+     build where an NVIDIA driver answers, PyTorch's CPU wheels elsewhere (plain PyPI on macOS).
+     An index configured for pip (PIP_INDEX_URL, pip.conf's index-url) is used instead of PyTorch's;
+     when PyTorch's index cannot be reached, torch + torchvision come from the default index instead
   3. the engine (pip install of this folder), with torch and torchvision pinned by a constraints file
      so that no dependency can swap the torch build afterwards
   4. the extension (clipasso.inx + inkscape_extension/) copied to <Inkscape extensions>/clipasso/,
@@ -37,21 +39,29 @@ REPO = Path(__file__).resolve().parent
 ENGINE_DIST = "clipasso-engine"
 EXTENSION_FOLDER = "clipasso"                 # <extensions dir>/clipasso/
 EXTENSION_FILES = ("clipasso.inx", "inkscape_extension")
+WIRE_SOURCE = "clipasso_engine/wire.py"       # copied as inkscape_extension/clipasso_wire.py
 CONFIG_NAME = "clipasso_engine.json"          # read by the extension: which interpreter runs the engine
 MANIFEST_NAME = "install_manifest.json"       # read by --uninstall: what this script put where
 VENV_MARKER = "clipasso_install.json"         # in the venv: did install.py create it?
 CONSTRAINTS_NAME = "clipasso_constraints.txt"  # in the venv: torch/torchvision pins for every pip call
 LOG_NAME = "clipasso_install.log"             # in the venv: pip's full output
 
-CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# PyTorch's wheel indexes; CLIPASSO_PYTORCH_INDEX points at a mirror of download.pytorch.org/whl.
+PYTORCH_INDEX = (os.environ.get("CLIPASSO_PYTORCH_INDEX") or "https://download.pytorch.org/whl").rstrip("/")
+CPU_INDEX = f"{PYTORCH_INDEX}/cpu"
 # NVIDIA driver (major, minor) -> the newest CUDA wheels it runs. PyPI's default Linux torch is built
 # for the newest CUDA (13.x needs driver >= 580); older drivers need an older CUDA build of torch.
 CUDA_INDEXES = [
-    ((580, 0), "https://download.pytorch.org/whl/cu130"),
-    ((525, 60), "https://download.pytorch.org/whl/cu126"),
-    ((450, 80), "https://download.pytorch.org/whl/cu118"),
+    ((580, 0), f"{PYTORCH_INDEX}/cu130"),
+    ((525, 60), f"{PYTORCH_INDEX}/cu126"),
+    ((450, 80), f"{PYTORCH_INDEX}/cu118"),
 ]
 PYPI_CUDA_MIN_DRIVER = (580, 0)
+# Download sizes, one place for each number. Weights: fp32 CLIP RN101 (480 MB) + ViT-B/32 (605 MB)
+# + U^2-Net (176 MB, clipasso_engine/models.py).
+WEIGHTS_SIZE = "about 1.3 GB"
+TORCH_CPU_SIZE = "about 0.3 GB"
+TORCH_PYPI_SIZE = "about 3 GB on Linux, with NVIDIA's CUDA libraries"
 
 
 class InstallError(Exception):
@@ -257,6 +267,114 @@ def can_build_offline(probe: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Where PyTorch comes from: pip's own configuration first, PyTorch's index, the default index as fallback
+
+def index_of(pip_args: list) -> str | None:
+    return pip_args[pip_args.index("--index-url") + 1] if "--index-url" in pip_args[:-1] else None
+
+
+def without_index(pip_args: list) -> list:
+    i = pip_args.index("--index-url") if "--index-url" in pip_args[:-1] else None
+    return pip_args if i is None else pip_args[:i] + pip_args[i + 2:]
+
+
+def pip_config(python) -> dict:
+    """`pip config list` as {"global.index-url": value, ":env:.proxy": value, ...} ({} when pip cannot say)."""
+    try:
+        out = subprocess.run([str(python), "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    config = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            config[key.strip()] = value.strip().strip("'\"")
+    return config
+
+
+def configured_index(config: dict, env=None) -> str | None:
+    """The package index the user chose for pip, if any. Only index-url (or no-index) is a choice of
+    index: extra-index-url and find-links add sources beside the primary index and do not replace it,
+    so PyTorch's index can still go first with them."""
+    env = os.environ if env is None else env
+    if env.get("PIP_INDEX_URL"):
+        return env["PIP_INDEX_URL"]
+    if env.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes", "on"):
+        return "no index (PIP_NO_INDEX)"
+    for key, value in config.items():
+        name = key.rpartition(".")[2]
+        if name == "index-url" and value:
+            return value
+        if name == "no-index" and value.lower() in ("1", "true", "yes", "on"):
+            return f"no index ({key})"
+    return None
+
+
+def index_problem(url: str, proxy: str | None = None, timeout: float = 10) -> str | None:
+    """Why pip could not use this index (None when it answers). Asks for torch's page as pip would,
+    through the proxy from the environment (https_proxy ...) or pip's configuration."""
+    import urllib.error
+    import urllib.request
+    handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy})] if proxy else []
+    try:
+        with urllib.request.build_opener(*handlers).open(url.rstrip("/") + "/torch/", timeout=timeout) as answer:
+            answer.read(1)
+        return None
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}"
+    except (OSError, ValueError) as e:   # URLError, timeouts, refused connections, bad URLs
+        reason = getattr(e, "reason", e)
+        return str(reason) or type(reason).__name__
+
+
+# pip's words for "the index could not be reached", as opposed to "no such version" or a full disk
+NETWORK_FAILURES = ("NewConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ProxyError", "SSLError",
+                    "Max retries exceeded", "connection broken by", "Connection refused", "Network is unreachable",
+                    "Temporary failure in name resolution", "Name or service not known", "HTTP error 403",
+                    "HTTP error 407", "403 Client Error", "407 Proxy")
+
+
+def failed_for_the_network(pip_output: str) -> bool:
+    return any(marker in pip_output for marker in NETWORK_FAILURES)
+
+
+def fallback_note(system: str, pip_args: list) -> str:
+    """What the default index's torch is, said in the one line that announces the fallback."""
+    if "--index-url" in pip_args and index_of(pip_args).endswith("/cpu"):
+        size = TORCH_PYPI_SIZE if system == "Linux" else "a larger download"
+        return f"it runs on the CPU; the larger download, {size}"
+    return (f"PyPI's build: CUDA on Linux with a driver >= {PYPI_CUDA_MIN_DRIVER[0]}, else it runs on the CPU; "
+            f"{TORCH_PYPI_SIZE}")
+
+
+@dataclass
+class TorchSource:
+    pip_args: list                 # the first try
+    fallback: list | None = None   # when the first try's index cannot be reached
+    notes: list = field(default_factory=list)
+
+
+def torch_source(plan_args: list, explicit: bool, config: dict, system: str, env=None,
+                 problem=index_problem) -> TorchSource:
+    """Where to take the planned torch from. An explicit SPEC is used as given; an index the user
+    configured for pip wins over PyTorch's; PyTorch's index that does not answer is skipped now, one
+    that fails during the download falls back then."""
+    index = index_of(plan_args)
+    if explicit or not index:
+        return TorchSource(plan_args)
+    default = without_index(plan_args)
+    mine = configured_index(config, env)
+    if mine:
+        return TorchSource(default, notes=[f"using the package index configured for pip ({mine}), not {index}"])
+    proxy = next((v for k, v in config.items() if k.rpartition(".")[2] == "proxy" and v), None)
+    why = problem(index, proxy)
+    if why:
+        return TorchSource(default, notes=[f"{index} cannot be reached ({why}): installing torch + torchvision "
+                                           f"from the default package index instead ({fallback_note(system, plan_args)})"])
+    return TorchSource(plan_args, fallback=default)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Running things
 
 PROBE = r"""
@@ -318,9 +436,21 @@ class Pip:
     def command(self, args) -> list:
         return [str(self.python), "-m", "pip", *args]
 
-    def __call__(self, args, what: str):
+    def __call__(self, args, what: str, show_all: bool = False, fail: bool = True) -> str:
+        """Returns pip's output of this call. show_all: pip talks to the terminal itself (its download
+        progress bar), the log gets pip's own --log record."""
         cmd = self.command(args)
         env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONIOENCODING="utf-8")
+        if show_all:
+            start = self.log.stat().st_size if self.log.exists() else 0
+            rc = subprocess.run([*cmd[:3], "--log", str(self.log), *cmd[3:]], env=env).returncode
+            with open(self.log, encoding="utf-8", errors="replace") as log:
+                log.seek(start)
+                output = log.read()
+            if rc != 0 and fail:
+                self.failed(what, rc, cmd)
+            return output if rc == 0 else "FAILED\n" + output
+        output = []
         with open(self.log, "a", encoding="utf-8") as log:
             log.write(f"\n$ {shell_join(cmd)}\n")
             log.flush()
@@ -328,11 +458,16 @@ class Pip:
                                     encoding="utf-8", errors="replace", env=env)
             for line in proc.stdout:
                 log.write(line)
+                output.append(line)
                 if self.verbose or line.lstrip().startswith(self.SHOWN):
                     print("    " + line.rstrip(), flush=True)
             rc = proc.wait()
-        if rc != 0:
-            raise InstallError(f"{what} failed (pip exit status {rc}).",
+        if rc != 0 and fail:
+            self.failed(what, rc, cmd)
+        return "".join(output) if rc == 0 else "FAILED\n" + "".join(output)
+
+    def failed(self, what, rc, cmd):
+        raise InstallError(f"{what} failed (pip exit status {rc}).",
                                f"The full log is {self.log}. After fixing the cause it names (often the network "
                                f"or disk space), retry with:\n    {shell_join(cmd)}\n  or run install.py again.")
 
@@ -362,7 +497,7 @@ def say(step: str, text: str):
 
 
 def check_sources():
-    missing = [name for name in ("pyproject.toml", *EXTENSION_FILES) if not (REPO / name).exists()]
+    missing = [name for name in ("pyproject.toml", *EXTENSION_FILES, WIRE_SOURCE) if not (REPO / name).exists()]
     if missing:
         raise InstallError(f"{REPO} is not a complete CLIPasso source folder (missing: {', '.join(missing)}).",
                            "Run install.py from a full checkout or release archive of the project.")
@@ -435,6 +570,8 @@ def install_extension(ext_dir: Path, python: Path, venv: Path, version: str, mod
         shutil.copy2(REPO / "clipasso.inx", staging / "clipasso.inx")
         shutil.copytree(REPO / "inkscape_extension", staging / "inkscape_extension",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.inx"))
+        # the wire's one definition, importable by the extension as `clipasso_wire` (no engine import)
+        shutil.copy2(REPO / WIRE_SOURCE, staging / "inkscape_extension" / "clipasso_wire.py")
         write_json(staging / CONFIG_NAME, {"python": str(python), "venv": str(venv), "version": version,
                                            "models_dir": str(models_dir) if models_dir else None})
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
@@ -494,18 +631,36 @@ def install(args) -> int:
     # 2. PyTorch
     nvidia = detect_nvidia() if args.torch in ("auto", "cuda") else None
     plan = choose_torch(args.torch, system, nvidia, probe)
-    say("pytorch", plan.reason)
+    source = None
     if plan.action in ("install", "replace"):
+        explicit = args.torch not in ("auto", "cpu", "cuda")
+        config = {} if explicit else pip_config(python if python.exists() else sys.executable)
+        source = torch_source(plan.pip_args, explicit, config, system)
+    say("pytorch", plan.reason)
+    if source:
+        for note in source.notes:
+            print(f"    {note}")
         if plan.action == "replace":
             cmd = ["uninstall", "-y", "torch", "torchvision"]
             print(f"    {'would run' if dry else 'running'}: {shell_join(pip.command(cmd))}")
             if not dry:
                 pip(cmd, "Removing the old PyTorch")
-        cmd = ["install", "--upgrade", *plan.pip_args]
+        size = TORCH_CPU_SIZE if index_of(source.pip_args) == CPU_INDEX else TORCH_PYPI_SIZE
+        cmd = ["install", "--upgrade", *source.pip_args]
         print(f"    {'would run' if dry else 'running'}: {shell_join(pip.command(cmd))}"
-              + ("" if dry else "  (large download: 0.2-3 GB, minutes)"))
+              + ("" if dry else f"  (large download: {size}; minutes)"), flush=True)
+        if source.fallback:
+            fallback = ["install", "--upgrade", *source.fallback]
+            print(f"    {'if' if dry else 'should'} {index_of(source.pip_args)} {'cannot' if dry else 'not'} be reached, "
+                  f"{'would run' if dry else 'then'}: {shell_join(pip.command(fallback))} ({fallback_note(system, source.pip_args)})")
         if not dry:
-            pip(cmd, "Installing PyTorch")
+            output = pip(cmd, "Installing PyTorch", show_all=True, fail=not source.fallback)
+            if output.startswith("FAILED"):
+                if not failed_for_the_network(output):
+                    pip.failed("Installing PyTorch", 1, pip.command(cmd))
+                print(f"    {index_of(source.pip_args)} could not be reached: installing torch + torchvision from the "
+                      f"default package index instead ({fallback_note(system, source.pip_args)})", flush=True)
+                pip(["install", "--upgrade", *source.fallback], "Installing PyTorch", show_all=True)
             probe = probe_venv(python)
     elif plan.action == "keep" and not probe.get("torchvision") and probe.get("torch"):
         # torch without torchvision: take torchvision from the same place torch came from
@@ -559,7 +714,7 @@ def install(args) -> int:
     # 5. the weights
     if args.download_models:
         cmd = [str(python), "-m", "clipasso_engine", "download-models"] + (["--models-dir", str(models_dir)] if models_dir else [])
-        say("models", "downloading the weights (CLIP RN101, ViT-B/32, U^2-Net)")
+        say("models", f"downloading the weights (CLIP RN101, ViT-B/32, U^2-Net; {WEIGHTS_SIZE})")
         if dry:
             print(f"    would run: {shell_join(cmd)}")
         elif subprocess.run(cmd).returncode != 0:
@@ -577,7 +732,7 @@ def install(args) -> int:
 
 def check_engine(python: Path, pip: Pip):
     """Import what the engine needs, so a broken torch shows up now rather than inside Inkscape."""
-    code = ("import json, torch, torchvision, clipasso_engine; "
+    code = ("import json, torch, torchvision, open_clip, clipasso_engine; "
             "mps = getattr(torch.backends, 'mps', None); "
             "print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(), "
             "'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "
@@ -593,6 +748,24 @@ def check_engine(python: Path, pip: Pip):
     info = json.loads(out.stdout.strip().splitlines()[-1])
     device = f"CUDA ({info['gpu']})" if info["cuda"] else "MPS (Apple GPU)" if info["mps"] else "CPU"
     print(f"    engine ready: torch {info['torch']}, runs on {device}")
+
+
+def print_torch_spec(args) -> int:
+    """For scripts (tests/run.sh): the pip arguments that install this machine's torch into --venv,
+    after the same choices as an install (nothing printed when the environment keeps its torch)."""
+    system = platform.system()
+    python = venv_python(Path(args.venv).expanduser().resolve() if args.venv else default_venv_dir())
+    probe = probe_venv(python) if python.exists() else {}
+    nvidia = detect_nvidia() if args.torch in ("auto", "cuda") else None
+    plan = choose_torch(args.torch, system, nvidia, probe)
+    if plan.action in ("install", "replace"):
+        explicit = args.torch not in ("auto", "cpu", "cuda")
+        config = {} if explicit else pip_config(python if python.exists() else sys.executable)
+        source = torch_source(plan.pip_args, explicit, config, system)
+        for note in source.notes:
+            print(note, file=sys.stderr)
+        print(shell_join(source.pip_args))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -676,7 +849,9 @@ def parse_args(argv=None):
     p.add_argument("--no-deps", action="store_true", help="install only the engine package, not its dependencies (environments you manage)")
     p.add_argument("--extensions-dir", metavar="DIR", help="Inkscape's user extensions folder (default: asked from inkscape --user-data-directory)")
     p.add_argument("--models-dir", metavar="DIR", help="folder of local weights files; written to the config so the extension passes it on")
-    p.add_argument("--download-models", action="store_true", help="fetch the model weights now (about 1 GB)")
+    p.add_argument("--download-models", action="store_true", help=f"fetch the model weights now ({WEIGHTS_SIZE})")
+    p.add_argument("--print-torch-spec", action="store_true",
+                   help="print the pip arguments that would install PyTorch into --venv (nothing when it has torch) and exit")
     p.add_argument("--uninstall", action="store_true", help="remove the extension, its config and the environment install.py created")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="show pip's full output")
@@ -689,6 +864,8 @@ def main(argv=None) -> int:
         return 1
     args = parse_args(argv)
     try:
+        if args.print_torch_spec:
+            return print_torch_spec(args)
         return uninstall(args) if args.uninstall else install(args)
     except InstallError as e:
         print(f"\nFailed: {e.message}", file=sys.stderr)

@@ -9,6 +9,7 @@ installs with --torch skip --no-deps.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -221,6 +222,10 @@ def test_install_into_an_existing_environment_reinstall_and_uninstall(tmp_path):
     assert (target / "clipasso.inx").read_bytes() == (REPO / "clipasso.inx").read_bytes()
     for source in (REPO / "inkscape_extension").glob("*.py"):
         assert (target / "inkscape_extension" / source.name).read_bytes() == source.read_bytes()
+    # the wire's one definition beside the extension's scripts, as the extension imports it
+    assert (target / "inkscape_extension" / "clipasso_wire.py").read_bytes() == \
+        (REPO / "clipasso_engine" / "wire.py").read_bytes()
+    assert "inkscape_extension/clipasso_wire.py" in json.loads((target / "install_manifest.json").read_text())["files"]
     assert len(list(ext.rglob("*.inx"))) == 1     # Inkscape scans recursively: exactly one menu entry
     config = json.loads((target / "clipasso_engine.json").read_text())
     assert config == {"python": str(python), "venv": str(venv), "version": "0.1.0", "models_dir": None}
@@ -278,14 +283,99 @@ def test_fresh_environment_is_created_and_removed_again(tmp_path):
     assert snapshot(data) == {} and snapshot(ext) == {}   # venv and its clipasso/ folder gone
 
 
-def test_dry_run_changes_nothing(tmp_path):
+def closed_port() -> int:
+    with socket.socket() as s:   # bound, never listening: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def answering_index():
+    """A local 'PyTorch index' that answers every page (the dry run only asks whether it answers)."""
+    import http.server
+    import threading
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    server.RequestHandlerClass = type("Quiet", (http.server.BaseHTTPRequestHandler,), {
+        "do_GET": lambda self: (self.send_response(200), self.end_headers(), self.wfile.write(b"<html></html>")),
+        "log_message": lambda self, *a: None})
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/whl"
+    server.shutdown()
+
+
+def test_dry_run_changes_nothing_and_plans_the_fallback(tmp_path, answering_index):
+    env = {"CLIPASSO_PYTORCH_INDEX": answering_index}
     out = run_install("--dry-run", "--venv", tmp_path / "venv", "--extensions-dir", tmp_path / "ext",
-                      "--torch", "cpu", "--download-models")
+                      "--torch", "cpu", "--download-models", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert snapshot(tmp_path) == {}
-    for planned in ("-m venv", "pip install --upgrade torch torchvision --index-url https://download.pytorch.org/whl/cpu",
-                    f"pip install -c {tmp_path / 'venv' / 'clipasso_constraints.txt'}", str(REPO), "download-models"):
+    for planned in ("-m venv", f"pip install --upgrade torch torchvision --index-url {answering_index}/cpu",
+                    f"if {answering_index}/cpu cannot be reached, would run: {tmp_path / 'venv'}/bin/python -m pip "
+                    f"install --upgrade torch torchvision (it runs on the CPU; the larger download",
+                    f"pip install -c {tmp_path / 'venv' / 'clipasso_constraints.txt'}", str(REPO), "download-models",
+                    inst.WEIGHTS_SIZE):
         assert planned in out.stdout
+
+
+def test_dry_run_with_an_unreachable_pytorch_index_plans_the_default_index(tmp_path):
+    index = f"http://127.0.0.1:{closed_port()}/whl"
+    out = run_install("--dry-run", "--venv", tmp_path / "venv", "--extensions-dir", tmp_path / "ext",
+                      "--torch", "cpu", env={"CLIPASSO_PYTORCH_INDEX": index})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{index}/cpu cannot be reached" in out.stdout and "default package index instead" in out.stdout
+    assert "pip install --upgrade torch torchvision\n" in out.stdout and "--index-url" not in out.stdout
+
+
+def test_an_index_the_user_configured_for_pip_wins_over_pytorchs():
+    assert inst.configured_index({}, {"PIP_INDEX_URL": "https://mirror/simple"}) == "https://mirror/simple"
+    assert inst.configured_index({"global.index-url": "https://corp/simple"}, {}) == "https://corp/simple"
+    assert inst.configured_index({}, {"PIP_NO_INDEX": "1"})
+    # extra-index-url and find-links only add sources (this machine's pip.conf has both): not a choice of index
+    assert inst.configured_index({"global.extra-index-url": "file:///opt/pypi/simple",
+                                  "global.find-links": "/opt/wheels"}, {}) is None
+    never = lambda url, proxy: pytest.fail("the user's index is not second-guessed")
+    source = inst.torch_source(CPU_ARGS, False, {"user.index-url": "https://corp/simple"}, "Linux", {}, never)
+    assert source.pip_args == ["torch", "torchvision"] and "https://corp/simple" in source.notes[0]
+    # an explicit SPEC is used as given, its index too
+    spec = ["torch==2.4.1", "--index-url", "https://x/cu121"]
+    assert inst.torch_source(spec, True, {}, "Linux", {}, never).pip_args == spec
+
+
+def test_pytorch_index_unreachable_now_or_during_the_download():
+    asked = []
+    source = inst.torch_source(CPU_ARGS, False, {"global.proxy": "http://proxy:3128"}, "Linux", {},
+                               lambda url, proxy: asked.append((url, proxy)) or "Connection refused")
+    assert asked == [(CPU_ARGS[-1], "http://proxy:3128")]   # pip's proxy is used for the question
+    assert source.pip_args == ["torch", "torchvision"] and source.fallback is None
+    assert "cannot be reached (Connection refused)" in source.notes[0] and "runs on the CPU" in source.notes[0]
+    source = inst.torch_source(CPU_ARGS, False, {}, "Linux", {}, lambda url, proxy: None)
+    assert source.pip_args == CPU_ARGS and source.fallback == ["torch", "torchvision"]
+    assert inst.index_problem(f"http://127.0.0.1:{closed_port()}/whl/cpu", timeout=3)
+    assert inst.failed_for_the_network("WARNING: Retrying (Retry(total=4)) after connection broken by "
+                                       "'NewConnectionError(...: Failed to establish a new connection')")
+    assert not inst.failed_for_the_network("ERROR: No matching distribution found for torch==9.9")
+    cuda = inst.fallback_note("Linux", ["torch", "torchvision", "--index-url", "https://download.pytorch.org/whl/cu126"])
+    assert "driver >= 580" in cuda
+
+
+@posix_only
+def test_unreachable_pytorch_index_falls_back_to_the_default_index_and_the_engine_runs(tmp_path):
+    # --torch cpu over this interpreter's (CUDA) torch asks for PyTorch's CPU index, which refuses
+    # connections here; the default index then serves torch + torchvision (the overlay's are already
+    # current, so nothing big is downloaded) and the engine imports torch, torchvision and open_clip.
+    venv = make_overlay_venv(tmp_path / "venv")
+    index = f"http://127.0.0.1:{closed_port()}/whl"
+    import torch
+    if not torch.version.cuda:
+        pytest.skip("needs a CUDA build of torch in the test environment, so that --torch cpu installs")
+    out = run_install("--venv", venv, "--extensions-dir", tmp_path / "ext", "--torch", "cpu", "--no-deps",
+                      env={"CLIPASSO_PYTORCH_INDEX": index})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{index}/cpu cannot be reached" in out.stdout and "default package index instead" in out.stdout
+    assert f"--index-url {index}" not in out.stdout
+    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch, torchvision, open_clip, clipasso_engine"],
+                           capture_output=True, text=True, cwd="/")
+    assert check.returncode == 0, check.stderr
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,3 +438,13 @@ def test_a_foreign_clipasso_folder_in_extensions_is_left_alone(tmp_path):
     out = run_install("--uninstall", "--extensions-dir", ext, "--venv", tmp_path / "none")
     assert out.returncode == 1 and "not made by install.py" in out.stderr
     assert (ext / "clipasso" / "someone_elses.py").exists()
+
+
+def test_one_number_for_each_download_size():
+    source = (REPO / "install.py").read_text()
+    sizes = set(re.findall(r"\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)? GB", source))
+    constants = {inst.WEIGHTS_SIZE, inst.TORCH_CPU_SIZE, inst.TORCH_PYPI_SIZE}
+    assert sizes == set(re.findall(r"\d+(?:\.\d+)? GB", " ".join(constants)))
+    assert len(re.findall(r"\d+(?:\.\d+)? GB", source)) == len(constants)   # each written once
+    helptext = run_install("--help").stdout
+    assert inst.WEIGHTS_SIZE in " ".join(helptext.split())
