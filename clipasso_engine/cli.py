@@ -1,103 +1,232 @@
 """The `clipasso` command.
 
     clipasso sketch photo.jpg -o photo.svg [--strokes 16] [--preset fast] ...   progress bar on stderr
+    clipasso sketch a.jpg b.png --strokes 8,16 -o sketches/                      4 jobs, one run
     clipasso sketch photo.jpg -o photo.svg --progress jsonl                      the extension's wire
     clipasso download-models                                                     fetch the weights once
+    clipasso models                                                              which weights are here
 
-With `--progress jsonl` stdout carries one JSON object per line (start, status, notice, progress,
-result, error; see DESIGN.md) and nothing else; logs go to stderr. The run stops promptly when stdin
-closes (when stdin is a pipe), when the parent process goes away, on SIGTERM or on Ctrl-C.
+All images and all stroke counts of one command go to ONE sketcher.sketch_many call: the models are
+loaded once and every (image, strokes) job is optimised in the same batch.
+
+With `--progress jsonl` stdout carries one JSON object per line (the events of clipasso_engine.wire:
+start, status, notice, progress, preview, result per job, done, error) and nothing else; logs go to
+stderr. When stdin is a pipe it carries commands: {"command": "finish"} keeps the best so far,
+{"command": "cancel"} or end of file cancels.
+
+Ctrl-C: while the models load, it cancels; during the optimisation the first one finishes early
+(the best strokes so far are written, as normal results) and the second one cancels. SIGINT only sets
+a flag: a KeyboardInterrupt raised inside a weights reader would look like a broken file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
 
-from . import __version__
+from . import __version__, batch, wire
 from .config import PRESETS, make_config
 from .errors import Cancelled, EngineError
 
-EXIT_ERROR, EXIT_CANCELLED = 1, 130
+EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = wire.EXIT_OK, wire.EXIT_ERROR, wire.EXIT_CANCELLED
 CANCEL_GRACE_S = 5.0  # after a cancel request, exit hard if the run has not unwound by then
+
+# The CLI's default preset. `paper` takes about 2 hours on a laptop CPU; someone typing
+# `clipasso sketch photo.jpg` expects a drawing in minutes, and the extension defaults to `fast` too.
+# `--preset paper` is one option away for the reference's quality.
+DEFAULT_PRESET = "fast"
+
+FINISH_EARLY_MESSAGE = "Finishing early: keeping the best so far; press Ctrl-C again to cancel."
+
+# --- expected time ---------------------------------------------------------------------------------
+# The one table of time estimates: seconds per iteration measured on the benchmark machine (a 2-core
+# CPU, 2 threads, 16 strokes; README "Benchmarks"): 1 seed and 2 augmented views 0.8 s, 1 seed and 4
+# views 1.28 s, 3 seeds and 4 views 3.1 s. One seed costs ~0.08 s plus ~0.24 s per view (the clean
+# view included); seeds batched together cost less than one after another (3 seeds: x2.4 = 3 ** 0.8).
+CPU_S_PER_VIEW, CPU_S_PER_SEED, CPU_SEED_BATCH_EXPONENT = 0.24, 0.08, 0.8
+
+
+def estimated_seconds(config, jobs: int = 1) -> float:
+    """Expected optimisation time on a CPU like the benchmark machine's, for `jobs` (image, level) runs."""
+    per_seed = CPU_S_PER_SEED + CPU_S_PER_VIEW * (config.num_augs + 1)
+    return per_seed * (config.num_seeds * jobs) ** CPU_SEED_BATCH_EXPONENT * config.num_iterations
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def plan_message(config, jobs: int, device_type: str) -> str:
+    """The first status line: what runs, and how long it should take on this device."""
+    what = (f"{config.preset} preset: {config.num_iterations} iterations x {config.num_seeds} "
+            f"seed{'s' if config.num_seeds != 1 else ''}, {jobs} job{'s' if jobs != 1 else ''}")
+    if device_type == "cpu":
+        cores = os.cpu_count() or 1
+        return (f"{what}; expected time on this CPU about {_duration(estimated_seconds(config, jobs))} "
+                f"(measured on 2 cores; this machine has {cores}), plus loading the models.")
+    return f"{what}; on the GPU ({device_type}) this takes a fraction of the CPU time."
+
+
+# --- arguments --------------------------------------------------------------------------------------
+
+def _strokes_list(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected stroke counts like 16 or 8,16 (got {text!r})") from None
+    if not levels or any(n < 1 for n in levels):
+        raise argparse.ArgumentTypeError(f"stroke counts must be whole numbers of 1 or more (got {text!r})")
+    return list(dict.fromkeys(levels))  # each level once, in the order given
+
+
+def _crop(text: str):
+    if text.strip() == "-":
+        return None
+    parts = text.split(",")
+    try:
+        box = tuple(float(v) for v in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"a crop is left,top,right,bottom in pixels, or - (got {text!r})")
+    return box
+
+
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default; options whose default depends on the preset say so in their help."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _by_preset(field: str) -> str:
+    return "the preset's: " + ", ".join(f"{k} {getattr(make_config(k), field)}" for k in PRESETS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipasso", description="Abstract line sketches from photos (CLIPasso).")
+    fmt = _HelpWithDefaults
+    parser = argparse.ArgumentParser(prog="clipasso", description="Abstract line sketches from photos (CLIPasso).",
+                                     formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"clipasso {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("sketch", help="draw an image as N editable cubic Bezier strokes (SVG)")
-    s.add_argument("image", help="PNG, JPEG, WebP, TIFF, GIF or BMP file")
-    s.add_argument("-o", "--output", help="SVG to write (default: <image name>_sketch.svg here)")
-    s.add_argument("--strokes", type=int, help="number of strokes: the abstraction level (default 16)")
-    s.add_argument("--preset", default="paper", choices=list(PRESETS),
+    s = sub.add_parser("sketch", help="draw images as N editable cubic Bezier strokes (SVG)", formatter_class=fmt)
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, WebP, TIFF, GIF or BMP files")
+    s.add_argument("-o", "--output", default=None,
+                   help="one image at one stroke count: the SVG file to write (default <image name>_sketch.svg "
+                        "here); several jobs: a folder (created if missing; default here) receiving "
+                        "<image name>-<strokes>.svg")
+    s.add_argument("--strokes", type=_strokes_list, default=None,
+                   help=f"stroke counts (abstraction levels), comma-separated, e.g. 8,16 (default: {_by_preset('num_strokes')})")
+    s.add_argument("--name", action="append", default=[],
+                   help="display name of an image in messages (repeat, in image order; default: the file name)")
+    s.add_argument("--crop", action="append", type=_crop, default=[],
+                   help="sketch only this rectangle L,T,R,B of an image's pixels, '-' for the whole image "
+                        "(repeat, in image order); strokes keep their place on the whole image (default: the whole image)")
+    s.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="; ".join(f"{k}: {v['doc']}" for k, v in PRESETS.items()))
     s.add_argument("--iterations", type=int, default=os.environ.get("CLIPASSO_ITERATIONS") or None,
-                   help="optimisation steps (overrides the preset; default $CLIPASSO_ITERATIONS if set)")
-    s.add_argument("--seeds", type=int, help="how many seeds to draw at once, the best is kept (overrides the preset)")
-    s.add_argument("--seed", type=int, help="first seed (the others are +1000, +2000, ...)")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (auto: GPU when there is one)")
+                   help=f"optimisation steps (default: $CLIPASSO_ITERATIONS if set, else {_by_preset('num_iterations')})")
+    s.add_argument("--seeds", type=int, help=f"how many seeds to draw at once, the best is kept (default: {_by_preset('num_seeds')})")
+    s.add_argument("--seed", type=int, help=f"first seed; the others are +1000, +2000, ... (default: {make_config().seed})")
+    s.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps; auto uses a GPU when there is one, else the CPU "
+                        "(with a notice); an explicit device that is missing is an error (device_unavailable)")
     s.add_argument("--backend", default="auto", choices=["auto", "torch", "diffvg"], help="rasterizer")
-    s.add_argument("--mask-background", action="store_true", help="remove the background with U^2-Net first")
+    s.add_argument("--mask-background", action="store_true", help="remove the background with U^2-Net first (default: off)")
     s.add_argument("--stretch", action="store_true",
-                   help="stretch non-square images to a square like the reference (default: pad with white)")
+                   help="stretch non-square images to a square like the reference (default: off, pad with white)")
     s.add_argument("--models-dir", default=os.environ.get("CLIPASSO_MODELS_DIR"),
-                   help="folder of local weights files (default: $CLIPASSO_MODELS_DIR, else the download cache)")
-    s.add_argument("--image-svg", help="also write the strokes in the input image's pixel space to this SVG")
-    s.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+                   help="folder of local weights files ($CLIPASSO_MODELS_DIR sets the default; none: the "
+                        "download cache)")
+    s.add_argument("--image-svg", help="also write the strokes in the input image's pixel space to this SVG "
+                                       "(several jobs: to this folder; default: none)")
+    s.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice, one per core)")
     s.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"], help="how to report progress")
-    s.add_argument("--debug", action="store_true", help="print the full traceback on unexpected errors")
+    s.add_argument("--debug", action="store_true", help="print the full traceback on unexpected errors (default: off)")
 
-    d = sub.add_parser("download-models", help="download the model weights into the cache (or --models-dir)")
+    d = sub.add_parser("download-models", help="download the model weights into the cache (or --models-dir)",
+                       formatter_class=fmt)
     d.add_argument("--models-dir", default=os.environ.get("CLIPASSO_MODELS_DIR"),
-                   help="download into this folder instead of the cache")
-    sub.add_parser("models", help="show which model weights are available, without any network access")
+                   help="download into this folder instead of the cache ($CLIPASSO_MODELS_DIR sets the default)")
+    m = sub.add_parser("models", help="show which model weights are available, without any network access",
+                       formatter_class=fmt)
+    m.add_argument("--models-dir", default=os.environ.get("CLIPASSO_MODELS_DIR"),
+                   help="look in this folder first, as `sketch --models-dir` does ($CLIPASSO_MODELS_DIR sets "
+                        "the default)")
+    batch.add_parser(sub)
     return parser
 
 
 # --- reporting ---------------------------------------------------------------------------------------
 
 class Reporter:
-    """Turns engine events into JSON lines on stdout, or a progress bar and sentences on stderr."""
+    """Turns events into JSON lines on stdout (jsonl), or a progress bar and sentences on stderr (bar).
 
-    def __init__(self, mode: str):
+    Any dict with an "event" key can be reported (batch.py adds its own events)."""
+
+    def __init__(self, mode: str, out=None, err=None):
         self.mode = mode
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # RLock: the Ctrl-C handler may speak while the main thread reports
         self.bar = None
-        self.out = sys.stdout
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
 
     def __call__(self, event: dict) -> None:
         with self.lock:
             if self.mode == "jsonl":
-                self.out.write(json.dumps(event, allow_nan=False, default=float) + "\n")
+                self.out.write(wire.encode(event) + "\n")
                 self.out.flush()
             elif self.mode == "bar":
                 self._human(event)
 
+    def say(self, message: str) -> None:
+        """A sentence for a person (bar mode only; jsonl's stdout is for the wire)."""
+        if self.mode == "bar":
+            with self.lock:
+                self.close()
+                print(f"clipasso: {message}", file=self.err, flush=True)
+
     def _human(self, event: dict) -> None:
-        kind = event["event"]
-        if kind == "progress":
-            if self.bar is None:
-                from tqdm import tqdm
-                self.bar = tqdm(total=event["total"], unit="it", dynamic_ncols=True, file=sys.stderr)
-            self.bar.n = event["iteration"]
-            self.bar.set_postfix(loss=f"{event['loss']:.4f}", best=f"{event['best_loss']:.4f}", refresh=False)
-            self.bar.refresh()
-        elif kind in ("status", "notice"):
+        kind = event.get("event")
+        if kind == wire.PROGRESS:
+            self._progress(event)
+        elif kind in (wire.STATUS, wire.NOTICE):
             self.close()
-            print(f"clipasso: {event['message']}", file=sys.stderr, flush=True)
-        elif kind == "error":
+            print(f"clipasso: {event['message']}", file=self.err, flush=True)
+        elif kind == wire.ERROR:
             self.close()
-            print(f"clipasso: error: {event['message']}", file=sys.stderr, flush=True)
+            print(f"clipasso: error: {event['message']}", file=self.err, flush=True)
+
+    def _progress(self, event: dict) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            # Our own rate and time left (the engine's), not tqdm's: tqdm's first tick divides by the
+            # microseconds since the bar appeared and reads thousands of it/s.
+            self.bar = tqdm(total=event["total"], dynamic_ncols=True, file=self.err,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
+        self.bar.n = event["iteration"]
+        per_it, eta = event.get("per_iteration"), event.get("eta")
+        timing = f"{per_it:.2f} s/it, {_duration(eta)} left, " if per_it and eta is not None else ""
+        # loss: the training loss of this step (augmented views, noisy); best: the lowest loss on the
+        # clean view so far, which decides the drawing that is kept: that is the number that should fall.
+        self.bar.set_postfix_str(f"{timing}train loss {event['loss']:.4f}, best clean-view loss "
+                                 f"{event['best_loss']:.4f}", refresh=False)
+        self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -105,39 +234,66 @@ class Reporter:
             self.bar = None
 
 
-# --- cancellation ------------------------------------------------------------------------------------
+# --- stopping: Ctrl-C, stdin commands, SIGTERM, parent gone -------------------------------------------
 
 class CancelWatch:
-    """Sets `cancelled` on SIGTERM, on stdin EOF (only when stdin is a pipe) or when the parent dies.
+    """Sets `cancelled` or `finished_early` from signals, stdin commands and the parent's death.
 
-    The run polls it between iterations; if it has not unwound CANCEL_GRACE_S later (stuck in a long
-    load), the process reports and exits on its own so that no orphan keeps a GPU busy.
+    The run polls them between iterations; if a cancelled run has not unwound CANCEL_GRACE_S later (stuck
+    in a long load), the process reports and exits on its own so that no orphan keeps a GPU busy.
+    `optimising` is set by the caller once the optimisation runs: before it, Ctrl-C cancels; during it,
+    the first Ctrl-C finishes early and the second cancels.
     """
 
-    def __init__(self, report: Reporter):
+    def __init__(self, report: Reporter, commands: bool | None = None):
         self.report = report
         self.cancelled = threading.Event()
-        self.finished = threading.Event()
+        self.finish_requested = threading.Event()
+        self.optimising = threading.Event()
+        self.finished = threading.Event()  # the command is over: no hard exit any more
         self.reason = "Cancelled."
         self.parent = os.getppid()
         signal.signal(signal.SIGTERM, lambda *_: self.cancel("Cancelled (SIGTERM)."))
-        if _stdin_is_pipe():
-            threading.Thread(target=self._watch_stdin, daemon=True).start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda *_: self.interrupt())
+        if commands is None:
+            commands = report.mode == "jsonl" and _stdin_is_pipe()
+        if commands:
+            threading.Thread(target=self._read_commands, daemon=True).start()
         threading.Thread(target=self._watch_parent, daemon=True).start()
+
+    def interrupt(self) -> None:
+        """Ctrl-C."""
+        if self.cancelled.is_set():  # a third Ctrl-C, the run is stuck: leave now
+            self._exit_now()
+        elif self.optimising.is_set() and not self.finish_requested.is_set():
+            self.finish()
+            self.report.say(FINISH_EARLY_MESSAGE)
+        else:
+            self.cancel("Cancelled (Ctrl-C).")
+
+    def finish(self) -> None:
+        self.finish_requested.set()
 
     def cancel(self, reason: str) -> None:
         if not self.cancelled.is_set():
+            from . import models
+            models.interrupt_pending.set()  # a weights reader failing from now on failed because of this
             self.reason = reason
             self.cancelled.set()
             threading.Thread(target=self._hard_exit_later, daemon=True).start()
 
-    def _watch_stdin(self) -> None:
+    def _read_commands(self) -> None:
         try:
-            while os.read(sys.stdin.fileno(), 4096):  # b"" = EOF: the caller closed its end
-                pass
+            for line in iter(sys.stdin.buffer.readline, b""):
+                name = wire.parse_command(line)
+                if name == wire.FINISH:
+                    self.finish()
+                elif name == wire.CANCEL:
+                    self.cancel("Cancelled.")
         except (OSError, ValueError):
             pass
-        self.cancel("Cancelled (the caller closed the engine's input).")
+        self.cancel("Cancelled (the caller closed the engine's input).")  # EOF: the caller went away
 
     def _watch_parent(self) -> None:
         while not self.finished.is_set():
@@ -147,12 +303,20 @@ class CancelWatch:
             time.sleep(0.5)
 
     def _hard_exit_later(self) -> None:
-        if self.finished.wait(CANCEL_GRACE_S):
-            return
+        if not self.finished.wait(CANCEL_GRACE_S):
+            self._exit_now()
+
+    def _exit_now(self) -> None:
         try:
+            self.report.close()
             self.report(Cancelled(self.reason).to_event())
         finally:
             os._exit(EXIT_CANCELLED)
+
+    def close(self) -> None:
+        self.finished.set()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _stdin_is_pipe() -> bool:
@@ -162,50 +326,152 @@ def _stdin_is_pipe() -> bool:
         return False
 
 
+# --- outputs -----------------------------------------------------------------------------------------
+
+def output_paths(images, levels, output, what: str = "-o") -> list[Path]:
+    """One path per job (job = image * len(levels) + level), checked to be writable BEFORE the run.
+
+    One image and one level: `output` is the SVG file. Several jobs: `output` is a folder (created),
+    files <image stem>-<strokes>.svg; images sharing a stem get _2, _3, ... after it."""
+    if len(images) * len(levels) == 1:
+        path = Path(output or f"{Path(images[0]).stem}_sketch.svg").expanduser().resolve()
+        if path.is_dir():
+            raise EngineError("bad_argument", f"{what} {path} is an existing folder; give a file name such as "
+                                              f"{path / (Path(images[0]).stem + '.svg')}.")
+        check_writable(path, what)
+        return [path]
+    folder = Path(output or ".").expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise EngineError("bad_argument", f"{what} {folder} is a file; with several images or stroke counts "
+                                          f"{what} names a folder.")
+    _check_parent(folder, what)
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise EngineError("bad_argument", f"Cannot create the output folder {folder} ({exc.strerror or exc}).") from None
+    stems, seen = [], {}
+    for image in images:
+        stem = Path(image).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    paths = [folder / f"{stem}-{n}.svg" for stem in stems for n in levels]
+    check_writable(paths[0], what)
+    for path in paths[1:]:
+        if path.is_dir():
+            raise EngineError("bad_argument", f"Cannot write {path}: a folder of that name exists.")
+    return paths
+
+
+def _check_parent(path: Path, what: str) -> None:
+    parent = path.parent
+    for ancestor in [parent, *parent.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise EngineError("bad_argument", f"Cannot write {path}: {ancestor} is a file, not a folder.")
+            break
+    if not parent.is_dir():
+        raise EngineError("bad_argument", f"Cannot write {path}: the folder {parent} does not exist.")
+
+
+def check_writable(path: Path, what: str = "-o") -> None:
+    """Create and remove a temporary file beside `path`: a bad output is found before hours of work."""
+    _check_parent(path, what)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise EngineError("bad_argument", f"Cannot write {path}: the file is read-only.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".clipasso-probe-", suffix=".svg", dir=path.parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise EngineError("bad_argument", f"Cannot write {path}: the folder {path.parent} does not accept new "
+                                          f"files ({exc.strerror or exc}). Choose another place with {what}.") from None
+
+
 # --- commands ----------------------------------------------------------------------------------------
+
+def _per_image(values, images, option: str):
+    if len(values) > len(images):
+        raise EngineError("bad_argument", f"{len(values)} {option} values for {len(images)} image(s); give at "
+                                          f"most one per image, in image order.")
+    return list(values) + [None] * (len(images) - len(values))
+
+
+def _expected_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def run_sketch(args, report: Reporter) -> int:
     from . import models
-    from .sketcher import pick_device, sketch
+    images = [str(p) for p in args.images]
+    names = _per_image(args.name, images, "--name")
+    crops = _per_image(args.crop, images, "--crop")
+    config = make_config(args.preset, num_iterations=args.iterations, num_seeds=args.seeds, seed=args.seed,
+                         backend=args.backend, mask_background=args.mask_background or None,
+                         pad_to_square=not args.stretch, models_dir=args.models_dir, threads=args.threads,
+                         device=args.device,
+                         num_strokes=args.strokes[0] if args.strokes and len(args.strokes) == 1 else None)
+    levels = args.strokes or [config.num_strokes]
+    outputs = output_paths(images, levels, args.output)
+    image_outputs = output_paths(images, levels, args.image_svg, "--image-svg") if args.image_svg else None
+    jobs = [{"job": i * len(levels) + j, "image": i, "name": names[i] or Path(images[i]).name, "strokes": n}
+            for i in range(len(images)) for j, n in enumerate(levels)]
 
-    config = make_config(args.preset, num_strokes=args.strokes, num_iterations=args.iterations,
-                         num_seeds=args.seeds, seed=args.seed, backend=args.backend,
-                         mask_background=args.mask_background or None, pad_to_square=not args.stretch,
-                         models_dir=args.models_dir, threads=args.threads, device=args.device)
-    output = Path(args.output or f"{Path(args.image).stem}_sketch.svg").resolve()
-    if not output.parent.is_dir():
-        raise EngineError("bad_argument", f"The output folder {output.parent} does not exist.")
+    models.interrupt_pending.clear()
     watch = CancelWatch(report)
     try:
-        import torch  # noqa: F401  (imported here so that the start event reports a real device)
-        from . import raster
-        device = pick_device(config.device, report)
-        config = config.replace(device=str(device))
-        report({"event": "start", "version": __version__, "device": str(device),
-                "backend": raster.resolve_backend(config.backend), "preset": config.preset,
-                "strokes": config.num_strokes, "iterations": config.num_iterations, "seeds": config.num_seeds,
-                "models": {k: (str(v) if v else None) for k, v in models.models_status(config).items()}})
-        result = sketch(args.image, config, on_progress=report, should_stop=watch.cancelled.is_set)
-        result.save(output)
-        event = {"event": "result", "svg": str(output), "canvas": [result.canvas_size] * 2,
-                 "image_size": list(result.image_size), "canvas_to_image": list(result.canvas_to_image),
-                 "stroke_width": result.stroke_width, "seed": result.seed, "loss": result.loss,
-                 "strokes": result.points.round(4).tolist(), "importance": result.importance,
-                 "timings": result.timings}
-        if args.image_svg:
-            image_svg = Path(args.image_svg).resolve()
-            result.save(image_svg, space="image")
-            event["image_svg"] = str(image_svg)
+        report(wire.event(wire.STATUS, phase="plan",
+                          message=plan_message(config, len(jobs), _expected_device(config.device))))
+        from . import raster, sketcher
+        runtime = sketcher.prepare(config, on_progress=report)
+        if watch.cancelled.is_set():
+            raise Cancelled(watch.reason)
+        config = runtime.config
+        report(wire.event(wire.START, version=__version__, device=str(runtime.device), backend=runtime.backend,
+                          preset=config.preset, iterations=config.num_iterations, seeds=config.num_seeds,
+                          models={k: (str(v) if v else None) for k, v in models.models_status(config).items()},
+                          jobs=jobs))
+
+        def on_event(event: dict):
+            if event.get("event") == wire.PROGRESS:
+                watch.optimising.set()
+            report(event)
+
+        results = sketcher.sketch_many(images, config, levels, runtime=runtime, names=names, crops=crops,
+                                       on_progress=on_event, should_stop=watch.cancelled.is_set,
+                                       should_finish=watch.finish_requested.is_set)
+        if watch.cancelled.is_set():
+            raise Cancelled(watch.reason)
         report.close()
-        report(event)
-        if report.mode == "bar":
-            print(f"Wrote {output} ({result.num_strokes} strokes, loss {result.loss:.4f}, seed {result.seed}, "
-                  f"{result.timings['total']:.0f} s on {result.device})")
-        return 0
+        finished_early = False
+        for job in jobs:
+            result = results[job["image"]][levels.index(job["strokes"])]
+            svg_path = outputs[job["job"]]
+            result.save(svg_path)
+            finished_early |= bool(getattr(result, "finished_early", False))
+            event = wire.event(
+                wire.RESULT, **job, svg=str(svg_path), canvas=[result.canvas_size] * 2,
+                image_size=list(result.image_size), canvas_to_image=list(result.canvas_to_image),
+                stroke_width=result.stroke_width, seed=result.seed, loss=result.loss,
+                points=result.points.round(4).tolist(), importance=list(result.importance),
+                iteration=getattr(result, "iterations", config.num_iterations),
+                finished_early=bool(getattr(result, "finished_early", False)), timings=result.timings)
+            if image_outputs:
+                result.save(image_outputs[job["job"]], space="image")
+                event["image_svg"] = str(image_outputs[job["job"]])
+            report(event)
+            if report.mode == "bar":
+                early = " (finished early)" if event["finished_early"] else ""
+                print(f"Wrote {svg_path} ({job['strokes']} strokes, loss {result.loss:.4f}, seed {result.seed}, "
+                      f"{result.timings.get('total', 0):.0f} s on {result.device}){early}")
+        report(wire.event(wire.DONE, results=len(jobs), finished_early=finished_early))
+        return EXIT_OK
     except Cancelled as exc:
-        raise Cancelled(watch.reason) from exc
+        raise Cancelled(watch.reason if watch.cancelled.is_set() else exc.message) from exc
     finally:
-        watch.finished.set()
+        watch.close()
 
 
 def run_download(args, report: Reporter) -> int:
@@ -214,22 +480,23 @@ def run_download(args, report: Reporter) -> int:
     paths = models.download_models(config, progress=True)
     for name, path in paths.items():
         print(f"{name}: {path}")
-    return 0
+    return EXIT_OK
 
 
 def run_status(args, report: Reporter) -> int:
     from . import models
-    config = make_config(models_dir=os.environ.get("CLIPASSO_MODELS_DIR"))
+    config = make_config(models_dir=args.models_dir)
     missing = False
     for name, path in models.models_status(config).items():
         print(f"{name}: {path or 'missing'}")
         missing |= path is None
     if missing:
-        print("Run `clipasso download-models` to fetch the missing weights.")
-    return 1 if missing else 0
+        print("Run `clipasso download-models` to fetch the missing weights"
+              + (f" (or put them into {args.models_dir})." if args.models_dir else "."))
+    return EXIT_ERROR if missing else EXIT_OK
 
 
-def _as_engine_error(exc: BaseException) -> EngineError:
+def _as_engine_error(exc: BaseException, mode: str, debug: bool) -> EngineError:
     if isinstance(exc, EngineError):
         return exc
     if isinstance(exc, KeyboardInterrupt):
@@ -237,22 +504,28 @@ def _as_engine_error(exc: BaseException) -> EngineError:
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return EngineError("out_of_memory", "The device ran out of memory: try fewer seeds or strokes, "
                                             "or --device cpu.")
-    return EngineError("internal", f"Unexpected error ({type(exc).__name__}: {exc}). This is a bug; "
-                                   "the log holds the details.")
+    if mode == "jsonl":
+        where = "the traceback is on the engine's stderr (the extension keeps it in its log)"
+    elif debug:
+        where = "the traceback is above"
+    else:
+        where = "run the same command with --debug to see the traceback"
+    return EngineError("internal", f"Unexpected error ({type(exc).__name__}: {exc}). This is a bug; {where}.")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     mode = getattr(args, "progress", "bar")
+    debug = getattr(args, "debug", False)
     report = Reporter(mode)
-    commands = {"sketch": run_sketch, "download-models": run_download, "models": run_status}
+    commands = {"sketch": run_sketch, "download-models": run_download, "models": run_status, "batch": batch.run}
     try:
         return commands[args.command](args, report)
     except BaseException as exc:  # noqa: BLE001  every failure becomes one sentence or one error event
         if isinstance(exc, SystemExit):
             raise
-        error = _as_engine_error(exc)
-        if error.code == "internal" and (mode == "jsonl" or getattr(args, "debug", False)):
+        error = _as_engine_error(exc, mode, debug)
+        if error.code == "internal" and (mode == "jsonl" or debug):
             traceback.print_exc(file=sys.stderr)  # in jsonl mode stderr is the extension's log file
         report.close()
         if mode == "none":
