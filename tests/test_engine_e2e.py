@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from clipasso_engine import make_config, sketch
+from clipasso_engine import make_config, sketch, wire
 from clipasso_engine.svg import SVG_NS
 
 pytestmark = pytest.mark.slow
@@ -70,14 +71,17 @@ def test_cli_jsonl_result_svg_and_determinism(api_result, chelsea_png, models_di
     stdout, stderr = _finish(proc)
     assert proc.returncode == 0, stderr
     events = _events(stdout)
-    assert events[0]["event"] == "start" and events[0]["strokes"] == 16
-    assert events[-1]["event"] == "result"
-    assert {e["event"] for e in events} <= {"start", "status", "notice", "progress", "result"}
-    result = events[-1]
+    kinds = [e["event"] for e in events]
+    start = events[kinds.index(wire.START)]
+    assert [(j["job"], j["strokes"]) for j in start["jobs"]] == [(0, 16)]
+    assert kinds[-2:] == [wire.RESULT, wire.DONE] and kinds.count(wire.RESULT) == 1
+    assert set(kinds) <= set(wire.EVENTS) - {wire.ERROR}
+    result = events[-2]
     assert result["svg"] == str(out) and result["image_size"] == [451, 300] and result["stroke_width"] == 3.0
+    assert result["iteration"] == ITERATIONS and not result["finished_early"]
     # same seed, same device -> the same drawing, in another process
     api, _ = api_result
-    np.testing.assert_allclose(np.array(result["strokes"]), api.points, atol=1e-3)
+    np.testing.assert_allclose(np.array(result["points"]), api.points, atol=1e-3)
     root = ET.parse(out).getroot()
     paths = list(root.iter(f"{{{SVG_NS}}}path"))
     assert root.get("width") == "224" and len(paths) == 16
@@ -94,6 +98,73 @@ def _wait_for(proc, kind, timeout=300):
         if json.loads(line)["event"] == kind:
             return True
     return False
+
+
+def test_cli_finish_command_returns_the_best_so_far(chelsea_png, models_dir, tmp_path):
+    out = tmp_path / "early.svg"
+    proc = _engine(["sketch", chelsea_png, "-o", out, "--iterations", 2000, "--seeds", 1, "--strokes", 4,
+                    "--threads", 2, "--progress", "jsonl"], models_dir)
+    try:
+        assert _wait_for(proc, "progress")
+        proc.stdin.write(wire.command(wire.FINISH))
+        proc.stdin.flush()
+        stdout, stderr = _finish(proc, 120)
+        assert proc.returncode == 0, stderr
+        events = _events(stdout)
+        result = next(e for e in events if e["event"] == wire.RESULT)
+        assert result["finished_early"] and 0 < result["iteration"] < 2000 and len(result["points"]) == 4
+        assert events[-1]["event"] == wire.DONE and events[-1]["finished_early"] and out.is_file()
+    finally:
+        proc.kill()
+
+
+def _read_stderr_until(proc, words, timeout=300):
+    seen, deadline = b"", time.time() + timeout
+    while time.time() < deadline and words.encode() not in seen:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_once_keeps_twice_cancels(presses, chelsea_png, models_dir, tmp_path):
+    out = tmp_path / "ctrl-c.svg"
+    proc = _engine(["sketch", chelsea_png, "-o", out, "--iterations", 2000, "--seeds", 1, "--strokes", 4,
+                    "--threads", 2, "--progress", "bar"], models_dir)
+    try:
+        assert "train loss" in _read_stderr_until(proc, "train loss")   # the optimisation runs
+        proc.send_signal(signal.SIGINT)
+        assert "Finishing early" in _read_stderr_until(proc, "Finishing early", 30)
+        if presses == 2:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        if presses == 1:
+            assert proc.returncode == 0 and out.is_file()
+        else:
+            assert proc.returncode == 130 and not out.exists()
+    finally:
+        proc.kill()
+        proc.stdin.close()
+
+
+def test_cli_several_images_and_levels_in_one_run(chelsea_png, models_dir, tmp_path):
+    other = tmp_path / "cat.png"
+    other.write_bytes(open(chelsea_png, "rb").read())
+    folder = tmp_path / "out"
+    proc = _engine(["sketch", chelsea_png, other, "--strokes", "2,4", "-o", folder, "--iterations", 3, "--seeds", 1,
+                    "--threads", 2, "--name", "Chelsea", "--crop", "0,0,300,300", "--progress", "jsonl"], models_dir)
+    stdout, stderr = _finish(proc)
+    assert proc.returncode == 0, stderr
+    events = _events(stdout)
+    results = [e for e in events if e["event"] == wire.RESULT]
+    assert [(r["job"], r["image"], r["strokes"], len(r["points"])) for r in results] == [
+        (0, 0, 2, 2), (1, 0, 4, 4), (2, 1, 2, 2), (3, 1, 4, 4)]
+    assert results[0]["name"] == "Chelsea" and results[2]["name"] == "cat.png"
+    assert all(r["image_size"] == [451, 300] for r in results)   # the crop keeps the whole image's frame
+    assert all(Path(r["svg"]).parent == folder and Path(r["svg"]).is_file() for r in results)
+    assert events[-1] == {"event": wire.DONE, "results": 4, "finished_early": False}
 
 
 @pytest.mark.parametrize("how", ["close_stdin", "sigterm"])
