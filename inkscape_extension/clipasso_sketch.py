@@ -5,8 +5,9 @@ Runs in Inkscape's own Python (stdlib + inkex 1.2 or newer). All heavy work happ
 process (`<engine python> -m clipasso_engine sketch ... --progress jsonl`, its own venv); this script
 1. finds the selected <image>s and turns each into a file the engine can read,
 2. finds the engine through clipasso_engine.json next to clipasso.inx (or CLIPASSO_ENGINE_PYTHON),
-3. runs it once per image and stroke count, with a progress window when there is a display,
-4. inserts one layer per run, directly above the image's layer, with the strokes mapped exactly
+3. runs it once for all images and stroke counts, with a progress window when there is a display
+   (Cancel; Keep current sketch returns the best strokes so far),
+4. inserts one layer per result (image x stroke count), directly above the image's layer, with the strokes mapped exactly
    onto the image (placement.py), in plain document coordinates.
 Any failure becomes one sentence (inkex.AbortExtension) and the document is left untouched.
 """
@@ -238,10 +239,16 @@ class ClipassoSketch(inkex.EffectExtension):
         return path
 
     # --- 2 + 3. running the engine ------------------------------------------------------------
-    def engine_command(self, python, models_dir, image_path, out_svg, strokes):
-        command = [python, "-m", "clipasso_engine", "sketch", image_path, "-o", out_svg,
-                   "--strokes", str(strokes), "--preset", self.options.preset,
-                   "--device", DEVICES[self.options.device], "--progress", "jsonl"]
+    def engine_command(self, python, models_dir, sources, names, levels, workdir):
+        """One engine process for the whole Apply: every image, every stroke count (one model load)."""
+        jobs = len(sources) * len(levels)
+        out = os.path.join(workdir, "sketch.svg" if jobs == 1 else "sketches")  # the CLI's -o rule
+        command = [python, "-m", "clipasso_engine", "sketch", *sources, "-o", out,
+                   "--strokes", ",".join(str(n) for n in levels)]
+        for name in names:  # the engine's messages then name what the designer sees (issue 8 item 3)
+            command += ["--name", name]
+        command += ["--preset", self.options.preset, "--device", DEVICES[self.options.device],
+                    "--progress", "jsonl"]
         if self.options.seeds > 0:
             command += ["--seeds", str(self.options.seeds)]
         if self.options.mask_background:
@@ -262,21 +269,18 @@ class ClipassoSketch(inkex.EffectExtension):
         env[wire.CALLER_ENV] = wire.CALLER_INKSCAPE  # engine messages then speak to an Inkscape user
         return env
 
-    def run_engine(self, jobs, log_path):
-        """jobs: [(title, command)] -> result events in order (AbortExtension on any failure)."""
+    def run_engine(self, title, command, log_path):
+        """-> the result events in job order (AbortExtension on any failure)."""
         import progress_window  # gi is imported inside, only when a window can be shown
 
         env = self.engine_environment()
         with open(log_path, "wb") as log_file:
-            def start(command):
-                log_file.write(("\n== " + " ".join(command) + "\n").encode("utf-8", "replace"))
-                log_file.flush()
-                return engine_run.EngineProcess(command, log_file, env)
-
+            log_file.write(("== " + " ".join(command) + "\n").encode("utf-8", "replace"))
+            log_file.flush()
             stall = float(os.environ.get("CLIPASSO_STALL_TIMEOUT", engine_run.STALL_TIMEOUT_S))
             previous = {}
 
-            def on_signal(signum, _frame):  # Inkscape or the user killing us: take the engines down
+            def on_signal(signum, _frame):  # Inkscape or the user killing us: take the engine down
                 engine_run.stop_all(grace_s=0.5)
                 os._exit(128 + signum)
 
@@ -285,14 +289,9 @@ class ClipassoSketch(inkex.EffectExtension):
                     previous[sig] = signal.signal(getattr(signal, sig), on_signal)
             try:
                 if progress_window.available():
-                    return progress_window.run_with_window(jobs, start, log_path, stall)
-                results = []
-                for _title, command in jobs:
-                    log_file.write(("\n== " + " ".join(command) + "\n").encode("utf-8", "replace"))
-                    log_file.flush()
-                    results.append(engine_run.run_blocking(
-                        command, log_file, log_path, env=env, stall_timeout_s=stall))
-                return results
+                    return progress_window.run_with_window(
+                        title, command, lambda cmd: engine_run.EngineProcess(cmd, log_file, env), log_path, stall)
+                return engine_run.run_blocking(command, log_file, log_path, env=env, stall_timeout_s=stall)
             except engine_run.EngineFailed as failure:
                 abort(str(failure))
             finally:
@@ -348,7 +347,7 @@ class ClipassoSketch(inkex.EffectExtension):
         if opacity < 1.0:
             style += f";stroke-opacity:{placement.fmt(opacity, 3)}"
 
-        strokes = result["strokes"]
+        strokes = result["points"]
         image_id = re.sub(r"[^A-Za-z0-9_.-]", "_", image.get("id") or f"image{index + 1}")
         tag = self.unique_tag(f"{image_id}-{len(strokes)}", taken)
         layer = inkex.Layer.new(f"{self.options.layer_name} \u2014 {len(strokes)} strokes")
@@ -374,27 +373,30 @@ class ClipassoSketch(inkex.EffectExtension):
         layer.tail, anchor.tail = after, lead
         return layer
 
+    @staticmethod
+    def display_name(image, index):
+        return image.get(f"{{{INKSCAPE_NS}}}label") or image.get("id") or f"image {index + 1}"
+
     def effect(self):
         images = self.selected_images()
         levels = parse_levels(self.options.strokes)
         python, models_dir = find_engine()
         log_path = os.path.join(tempfile.gettempdir(), LOG_NAME)
+        names = [self.display_name(image, index) for index, image in enumerate(images)]
         with tempfile.TemporaryDirectory(prefix="clipasso-") as workdir:
-            jobs, targets = [], []
-            for index, image in enumerate(images):
-                source = self.image_file(image, workdir, index)
-                for strokes in levels:
-                    out_svg = os.path.join(workdir, f"sketch-{index}-{strokes}.svg")
-                    title = f"{image.get('inkscape:label') or image.get('id') or 'image'}: {strokes} strokes"
-                    jobs.append((title, self.engine_command(python, models_dir, source, out_svg, strokes)))
-                    targets.append(index)
-            results = self.run_engine(jobs, log_path)
+            sources = [self.image_file(image, workdir, index) for index, image in enumerate(images)]
+            command = self.engine_command(python, models_dir, sources, names, levels, workdir)
+            counts = ", ".join(str(n) for n in levels)
+            title = (f"{names[0]}: {counts} strokes" if len(images) == 1
+                     else f"{len(images)} images: {counts} strokes")
+            results = self.run_engine(title, command, log_path)
         # Only now, with every run done, touch the document: a failure above leaves it as it was.
         taken = set(self.svg.xpath("//@id"))
         # image's layer -> the newest layer put above it (keeps runs in order). Keyed by the element
         # itself: lxml hands out the same proxy object for a node while one is referenced.
         last_inserted = {}
-        for index, result in zip(targets, results):
+        for result in results:  # job order: image by image, stroke counts as given
+            index = int(result["image"])
             image = images[index]
             anchor = self.layer_anchor(image)
             layer = self.insert_layer(image, index, result, last_inserted.get(anchor, anchor), taken)

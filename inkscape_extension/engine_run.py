@@ -78,7 +78,8 @@ class EngineProcess:
         self.command = [str(part) for part in command]
         self.log_file = log_file          # an open binary file (the engine's stderr)
         self.events = queue.Queue()
-        self.result = None
+        self.results = []                 # one result event per job, in arrival order
+        self.done = None                  # the done event
         self.error = None                 # the engine's error event, if any
         self.last_progress = None
         self.last_heard = time.monotonic()
@@ -126,7 +127,9 @@ class EngineProcess:
             self.last_heard = time.monotonic()
             kind = event["event"]
             if kind == wire.RESULT:
-                self.result = event
+                self.results.append(event)
+            elif kind == wire.DONE:
+                self.done = event
             elif kind == wire.ERROR:
                 self.error = event
             elif kind == wire.PROGRESS:
@@ -140,6 +143,14 @@ class EngineProcess:
 
     def stalled(self, timeout_s):
         return timeout_s is not None and time.monotonic() - self.last_heard > timeout_s
+
+    def finish_early(self):
+        """Ask the engine to stop now and return its best strokes so far as normal results."""
+        try:
+            self.process.stdin.write(wire.command(wire.FINISH).encode("utf-8"))
+            self.process.stdin.flush()
+        except (OSError, ValueError):  # already gone: outcome() will say what happened
+            pass
 
     def stop(self, grace_s=STOP_GRACE_S):
         """Close stdin, then SIGTERM, then SIGKILL the whole process group. Idempotent."""
@@ -176,11 +187,11 @@ class EngineProcess:
             return False
 
     def outcome(self, log_path):
-        """The result event, or EngineFailed with a sentence naming the log."""
+        """The result events in job order, or EngineFailed with a sentence naming the log."""
         self.drain()
         code = self.process.returncode
-        if self.result is not None and code == 0:
-            return self.result
+        if self.results and self.done is not None and code == 0:
+            return sorted(self.results, key=lambda result: result.get("job", 0))
         if self.error is not None:
             if self.error.get("code") == "cancelled":  # wire.ERROR_CODES
                 raise EngineCancelled("Cancelled: the document was not changed.")
@@ -210,7 +221,7 @@ def stop_all(grace_s=STOP_GRACE_S):
 
 def run_blocking(command, log_file, log_path, env=None, on_event=None, should_cancel=None,
                  stall_timeout_s=STALL_TIMEOUT_S, poll_s=0.2, stop_grace_s=STOP_GRACE_S):
-    """Run the engine to the end without a window; returns the result event.
+    """Run the engine to the end without a window; returns the result events in job order.
     should_cancel() is polled every poll_s; True stops the engine and raises EngineCancelled."""
     engine = EngineProcess(command, log_file, env)
     try:

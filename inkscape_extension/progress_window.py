@@ -2,9 +2,10 @@
 time left and a Cancel that works. Inkscape's own "working" dialog cannot cancel (INKSCAPE.md),
 and its UI is frozen while the script runs, so this window is the only way to stop a long run.
 
-The window runs one GTK main loop over all the engine runs of one Apply (several images, several
-stroke counts); a GLib timeout drains each EngineProcess's event queue ten times a second.
-Cancel, or closing the window, stops the engine (stdin, SIGTERM, SIGKILL: EngineProcess.stop).
+One engine process serves one Apply (every image and stroke count); a GLib timeout drains its
+event queue ten times a second. Cancel, or closing the window, stops the engine (stdin, SIGTERM,
+SIGKILL: EngineProcess.stop); Keep current sketch sends the wire's finish command, after which the
+engine returns normal results holding its best strokes so far.
 """
 
 import os
@@ -31,15 +32,16 @@ def available():
         return False
 
 
-def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIMEOUT_S, on_shown=None):
-    """jobs: list of (title, command); start(command) -> EngineProcess.
+def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.STALL_TIMEOUT_S, on_shown=None):
+    """One engine run (every image and stroke count of one Apply); start(command) -> EngineProcess.
     Returns the result events in job order, or raises EngineFailed / EngineCancelled.
-    on_shown(window, cancel_button) is called once the window is up (tests drive it with that)."""
+    Keep current sketch asks the engine to finish now: its results are then the best so far.
+    on_shown(window, cancel_button, keep_button) is called once the window is up (tests drive it)."""
     import gi
     gi.require_version("Gtk", "3.0")
     from gi.repository import GLib, Gtk
 
-    state = {"index": 0, "engine": None, "results": [], "failure": None}
+    state = {"engine": None, "results": None, "failure": None, "kept": False}
 
     window = Gtk.Window(title="CLIPasso Sketch")
     window.set_default_size(440, -1)
@@ -49,6 +51,7 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
     box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8)
     window.add(box)
     heading = Gtk.Label(xalign=0.0)
+    heading.set_markup(f"<b>{GLib.markup_escape_text(title)}</b>")
     status = Gtk.Label(label="Starting the engine\u2026", xalign=0.0)
     bar = Gtk.ProgressBar(show_text=True)
     detail = Gtk.Label(label=" ", xalign=0.0)
@@ -56,6 +59,9 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
     notice.set_no_show_all(True)
     buttons = Gtk.Box(spacing=6)
     cancel = Gtk.Button(label="Cancel")
+    keep = Gtk.Button(label="Keep current sketch")
+    keep.set_sensitive(False)  # nothing to keep before the first preview
+    buttons.pack_end(keep, False, False, 0)
     buttons.pack_end(cancel, False, False, 0)
     for widget in (heading, status, bar, detail, notice, buttons):
         box.pack_start(widget, False, False, 0)
@@ -69,22 +75,21 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
         Gtk.main_quit()
         return False
 
-    def start_next():
-        title, command = jobs[state["index"]]
-        heading.set_markup(f"<b>{GLib.markup_escape_text(title)}</b>  ({state['index'] + 1} of {len(jobs)})")
-        status.set_text("Starting the engine\u2026")
-        bar.set_fraction(0.0)
-        bar.set_text("")
-        detail.set_text(" ")
-        state["engine"] = start(command)
-
     def on_cancel(*_):
         status.set_text("Cancelling\u2026")
         cancel.set_sensitive(False)
+        keep.set_sensitive(False)
         while Gtk.events_pending():  # show that before stopping the engine (up to a few seconds)
             Gtk.main_iteration()
         finish(engine_run.EngineCancelled("Cancelled: the document was not changed."))
         return True  # for delete-event: we close the window ourselves
+
+    def on_keep(*_):
+        status.set_text("Keeping the current sketch\u2026")
+        keep.set_sensitive(False)
+        state["kept"] = True
+        if state["engine"] is not None:
+            state["engine"].finish_early()
 
     def tick():
         engine = state["engine"]
@@ -105,6 +110,8 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
                 bar.set_text(f"{int(round(100 * fraction))} %")
                 status.set_text("Drawing")
                 detail.set_text(text)
+            elif kind == wire.PREVIEW and not state["kept"]:
+                keep.set_sensitive(True)
         if engine.stalled(stall_timeout_s):
             return finish(engine_run.EngineFailed(
                 f"The CLIPasso engine gave no sign of progress for "
@@ -112,31 +119,23 @@ def run_with_window(jobs, start, log_path, stall_timeout_s=engine_run.STALL_TIME
         if not engine.finished:
             return True
         try:
-            state["results"].append(engine.outcome(log_path))
+            state["results"] = engine.outcome(log_path)
         except engine_run.EngineFailed as failure:
             return finish(failure)
-        engine.stop()
-        state["engine"] = None
-        state["index"] += 1
-        if state["index"] == len(jobs):
-            return finish()
-        try:
-            start_next()
-        except engine_run.EngineFailed as failure:
-            return finish(failure)
-        return True
+        return finish()
 
     cancel.connect("clicked", on_cancel)
+    keep.connect("clicked", on_keep)
     window.connect("delete-event", on_cancel)
     try:
-        start_next()
+        state["engine"] = start(command)
     except engine_run.EngineFailed:
         window.destroy()
         raise
     window.show_all()
     GLib.timeout_add(POLL_MS, tick)
     if on_shown is not None:
-        on_shown(window, cancel)
+        on_shown(window, cancel, keep)
     try:
         Gtk.main()
     finally:

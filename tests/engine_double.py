@@ -4,17 +4,22 @@ Stdlib only, so any Python runs it. The extension is pointed at it through CLIPA
 naming a tiny wrapper script (see tests/test_extension.py: make_engine_wrapper) that runs
 `<python> engine_double.py "$@"`; the leading `-m clipasso_engine` is skipped here.
 
+One process for all images and stroke counts, as the CLI: `sketch IMG1 IMG2 -o OUT --strokes 8,16
+--name A --name B ...` -> start (jobs), status, notice, progress + preview events, one result per job
+(job = image * levels + level), done.
+
 ENGINE_DOUBLE_MODE picks the behaviour:
-  ok        start, status, 3 progress events, result, exit 0 (default)
+  ok        the whole run, exit 0 (default)
   error     an error event (code bad_image), exit 1
   crash     a few progress events then a traceback on stderr, exit 1, no result
   killed    a few progress events then SIGKILL to itself (what the OOM killer does)
   noresult  exit 0 without a result event
   garbage   non-JSON chatter on stdout around a normal run
-  hang      progress, then wait forever; exits when stdin closes or on SIGTERM (like the engine)
+  hang      progress and previews, then wait for a command on stdin: finish -> results with
+            finished_early true; cancel or EOF -> exit 130 (like the engine); SIGTERM -> 143
   stubborn  progress, then ignore stdin and SIGTERM (only SIGKILL ends it)
   spawn     like stubborn, and also starts a grandchild `sleep`; pids go to ENGINE_DOUBLE_PIDS
-ENGINE_DOUBLE_RECORD: a file to which one JSON line {argv, image_bytes, image_size} is appended.
+ENGINE_DOUBLE_RECORD: a file to which one JSON line {argv, image_bytes, image_sizes, caller} is appended.
 """
 
 import json
@@ -25,6 +30,9 @@ import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from clipasso_engine import wire  # noqa: E402  (stdlib only; the same import the extension falls back to)
 
 CANVAS = 224
 
@@ -69,70 +77,99 @@ def canvas_to_image(width, height):
 
 
 def parse(argv):
+    """The CLI's shape: sketch IMAGE [IMAGE ...] options; --name/--crop repeat (lists)."""
     args = list(argv)
     if args[:2] == ["-m", "clipasso_engine"]:
         args = args[2:]
     assert args[0] == "sketch", args
-    options = {"image": args[1]}
-    i = 2
+    options = {"images": [], "name": []}
+    i = 1
+    while i < len(args) and not args[i].startswith("--") and args[i] != "-o":
+        options["images"].append(args[i])
+        i += 1
     while i < len(args):
         name = args[i]
         if name in ("--mask-background", "--stretch"):
             options[name[2:]] = True
             i += 1
+        elif name in ("--name", "--crop"):
+            options.setdefault(name[2:], []).append(args[i + 1])
+            i += 2
         else:
             options[name.lstrip("-")] = args[i + 1]
             i += 2
     return options
 
 
-def wait_forever(obey_stdin):
-    if obey_stdin:
-        def watch():
-            sys.stdin.read()  # returns at EOF: the extension closed our stdin
-            os._exit(130)
-        threading.Thread(target=watch, daemon=True).start()
+def wait_forever():
     while True:
         time.sleep(0.05)
+
+
+def watch_stdin(finish):
+    """finish command -> finish.set(); cancel or EOF -> exit 130 (what the engine does)."""
+    def watch():
+        for line in sys.stdin:
+            command = wire.parse_command(line)
+            if command == wire.FINISH:
+                finish.set()
+            elif command == wire.CANCEL:
+                os._exit(wire.EXIT_CANCELLED)
+        os._exit(wire.EXIT_CANCELLED)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def main():
     mode = os.environ.get("ENGINE_DOUBLE_MODE", "ok")
     options = parse(sys.argv[1:])
-    strokes_n = int(options.get("strokes", 16))
+    levels = [int(n) for n in str(options.get("strokes", 16)).split(",")]
+    images = options["images"]
+    names = options["name"] or [os.path.basename(path) for path in images]
     if mode in ("stubborn", "spawn"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    finish = threading.Event()
+    if mode in ("hang", "finish"):
+        watch_stdin(finish)
     record = os.environ.get("ENGINE_DOUBLE_RECORD")
-    caller = os.environ.get("CLIPASSO_CALLER")
-    try:
-        size = image_size(options["image"])
-    except (OSError, ValueError) as error:
-        emit(event="error", code="bad_image", message=f"{os.path.basename(options['image'])}: {error}.")
-        return 1
+    sizes = []
+    for path, name in zip(images, names):
+        try:
+            sizes.append(image_size(path))
+        except (OSError, ValueError) as error:
+            emit(event="error", code="bad_image", message=f"{name}: {error}.")
+            return 1
     if record:
-        with open(options["image"], "rb") as handle:
-            image_bytes = len(handle.read())
         with open(record, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"argv": sys.argv[1:], "image_bytes": image_bytes, "image_size": size,
-                                     "caller": caller}) + "\n")
+            handle.write(json.dumps({"argv": sys.argv[1:], "image_sizes": sizes,
+                                     "image_bytes": [os.path.getsize(path) for path in images],
+                                     "caller": os.environ.get(wire.CALLER_ENV)}) + "\n")
 
+    jobs = [{"job": i * len(levels) + j, "image": i, "name": names[i], "strokes": n}
+            for i in range(len(images)) for j, n in enumerate(levels)]
     print("engine double: loading nothing", file=sys.stderr)
     emit(event="start", version="0.1.0", device="cpu", backend="torch", preset=options.get("preset"),
-         strokes=strokes_n, iterations=30, seeds=1, models={})
-    emit(event="status", message="Loading models")
+         iterations=30, seeds=1, models={}, jobs=jobs)
+    emit(event="status", phase="models", message="Loading models")
     emit(event="notice", message="No GPU found: running on the CPU.")
     if mode == "garbage":
         print("some library printing on stdout")
         print("{not json")
     if mode == "error":
-        emit(event="error", code="bad_image",
-             message=f"{os.path.basename(options['image'])}: not an image file (cannot identify format).")
+        emit(event="error", code="bad_image", message=f"{names[0]}: not an image file (cannot identify format).")
         return 1
+
+    def sketches():
+        return [dict(job, points=known_strokes(job["strokes"]), canvas=[CANVAS, CANVAS],
+                     image_size=list(sizes[job["image"]]), canvas_to_image=canvas_to_image(*sizes[job["image"]]))
+                for job in jobs]
+
     for iteration in (10, 20):
         emit(event="progress", iteration=iteration, total=30, loss=1.0 / iteration, best_loss=1.0 / iteration,
-             elapsed=iteration * 0.1, eta=(30 - iteration) * 0.1)
+             elapsed=iteration * 0.1, eta=(30 - iteration) * 0.1, per_iteration=0.01)
+        emit(event="preview", iteration=iteration, total=30,
+             sketches=[dict(s, loss=0.1, points=s["points"][:max(1, iteration // 10)]) for s in sketches()])
     if mode == "crash":
         print("Traceback (most recent call last):\nRuntimeError: boom", file=sys.stderr)
         return 1
@@ -142,17 +179,25 @@ def main():
         child = subprocess.Popen(["sleep", "60"])
         with open(os.environ["ENGINE_DOUBLE_PIDS"], "w", encoding="utf-8") as handle:
             handle.write(f"{os.getpid()} {child.pid}\n")
-    if mode in ("hang", "stubborn", "spawn"):
-        wait_forever(obey_stdin=(mode == "hang"))
-    emit(event="progress", iteration=30, total=30, loss=0.05, best_loss=0.05, elapsed=3.0, eta=0.0)
+    if mode in ("stubborn", "spawn"):
+        wait_forever()
+    if mode in ("hang", "finish"):  # runs until the caller says finish (or cancels: exit 130)
+        while not finish.wait(0.05):
+            pass
+    else:
+        emit(event="progress", iteration=30, total=30, loss=0.05, best_loss=0.05, elapsed=3.0, eta=0.0)
     if mode == "noresult":
         return 0
-    strokes = known_strokes(strokes_n)
     out = options.get("o")
-    with open(out, "w", encoding="utf-8") as handle:
-        handle.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{CANVAS}" height="{CANVAS}"/>\n')
-    emit(event="result", svg=os.path.abspath(out), canvas=[CANVAS, CANVAS], image_size=list(size),
-         canvas_to_image=canvas_to_image(*size), stroke_width=3.0, seed=0, loss=0.05, strokes=strokes)
+    for sketch in sketches():
+        svg = out if len(jobs) == 1 else os.path.join(out, f"{sketch['image']}-{sketch['strokes']}.svg")
+        os.makedirs(os.path.dirname(os.path.abspath(svg)), exist_ok=True)
+        with open(svg, "w", encoding="utf-8") as handle:
+            handle.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{CANVAS}" height="{CANVAS}"/>\n')
+        emit(event="result", svg=os.path.abspath(svg), stroke_width=3.0, seed=0, loss=0.05,
+             importance=[1.0] * sketch["strokes"], iteration=20 if finish.is_set() else 30,
+             finished_early=finish.is_set(), timings={}, **sketch)
+    emit(event="done", results=len(jobs), finished_early=finish.is_set())
     return 0
 
 

@@ -219,20 +219,22 @@ from gi.repository import GLib, Gtk
 folder, double, photo, how = sys.argv[2:6]
 log = open(os.path.join(folder, "log"), "wb")
 def command(mode):
-    return ["env", "ENGINE_DOUBLE_MODE=" + mode, sys.executable, double, "sketch", photo,
-            "-o", os.path.join(folder, "out.svg"), "--strokes", "2"]
+    return ["env", "ENGINE_DOUBLE_MODE=" + mode, sys.executable, double, "sketch", photo, photo,
+            "-o", os.path.join(folder, "out"), "--strokes", "2,3"]
 started = []
 def start(cmd):
     started.append(engine_run.EngineProcess(cmd, log))
     return started[-1]
 seen_texts = set()
+keep_states = []
 def visible_texts(widget):
     if isinstance(widget, Gtk.Label) and widget.get_visible():
         seen_texts.add(widget.get_text())
     if isinstance(widget, Gtk.Container):
         for child in widget.get_children():
             visible_texts(child)
-def shown(window, cancel):
+def shown(window, cancel, keep):
+    keep_states.append(keep.get_sensitive())
     def look():
         visible_texts(window)
         return True
@@ -241,15 +243,22 @@ def shown(window, cancel):
         GLib.timeout_add(700, lambda: cancel.clicked() and False)
     elif how == "close":
         GLib.timeout_add(700, lambda: window.close() and False)
+    elif how == "keep":
+        def click():
+            keep_states.append(keep.get_sensitive())
+            keep.clicked()
+            return False
+        GLib.timeout_add(700, click)
 report = {"available": progress_window.available()}
 try:
-    jobs = [("one", command("ok")), ("two", command("ok"))] if how == "none" else [("one", command("hang"))]
-    results = progress_window.run_with_window(jobs, start, "LOG", on_shown=shown)
-    report["results"] = [r["event"] for r in results]
+    results = progress_window.run_with_window("two images", command("ok" if how == "none" else "hang"),
+                                              start, "LOG", on_shown=shown)
+    report["results"] = [[r["image"], r["strokes"], r["finished_early"]] for r in results]
 except engine_run.EngineFailed as failure:
     report["failure"] = type(failure).__name__
 report["exit_codes"] = [e.process.poll() for e in started]
 report["texts"] = sorted(seen_texts)
+report["keep_states"] = keep_states
 print(json.dumps(report))
 """
 
@@ -280,11 +289,17 @@ class TestProgressWindow(unittest.TestCase):
         self.assertEqual(done.returncode, 0, done.stderr.decode())
         return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
-    def test_runs_every_job(self):
+    def test_one_engine_for_every_job(self):
         report = self.run_window("none")
         self.assertTrue(report["available"])
-        self.assertEqual(report["results"], ["result", "result"])
-        self.assertEqual(report["exit_codes"], [0, 0])
+        self.assertEqual(report["results"], [[0, 2, False], [0, 3, False], [1, 2, False], [1, 3, False]])
+        self.assertEqual(report["exit_codes"], [0])
+
+    def test_keep_returns_the_current_sketches(self):
+        report = self.run_window("keep")
+        self.assertEqual(report["keep_states"], [False, True], "Keep waits for the first preview")
+        self.assertEqual(report["results"], [[0, 2, True], [0, 3, True], [1, 2, True], [1, 3, True]])
+        self.assertEqual(report["exit_codes"], [0])
         # the engine's notice is shown to the designer (issue 8 item 7)
         self.assertIn("No GPU found: running on the CPU.", report["texts"])
 
@@ -464,7 +479,7 @@ class TestErrors(DoubleEngineMixin, TestCase):
     def test_engine_error_names_an_embedded_image_by_its_id(self):
         """Issue 8 item 3: never the extension's temp file (image-0.png)."""
         os.environ["ENGINE_DOUBLE_MODE"] = "error"
-        errors = self.assertAborted(self.run_extension("--id=embedded"), "embedded.png: not an image file")
+        errors = self.assertAborted(self.run_extension("--id=embedded"), "embedded: not an image file")
         self.assertNotIn("image-0", errors)
 
     def test_engine_crash(self):
@@ -520,14 +535,17 @@ class TestEngineCommand(DoubleEngineMixin, TestCase):
     def test_embedded_image_is_decoded(self):
         self.run_extension("--id=embedded", "--strokes=2")
         record = self.recorded()[0]
-        self.assertEqual(record["image_size"], [20, 10])
-        self.assertEqual(record["image_bytes"], 78)  # the base64 payload decoded
+        self.assertEqual(record["image_sizes"], [[20, 10]])
+        self.assertEqual(record["image_bytes"], [78])  # the base64 payload decoded
 
-    def test_levels_and_images(self):
+    def test_levels_and_images_in_one_engine_run(self):
         status, errors, output, _ = self.run_extension("--id=plain", "--id=stretch_none", "--strokes=8,4 8")
         self.assertIsNone(status, errors)
-        runs = [(r["image_size"], r["argv"][r["argv"].index("--strokes") + 1]) for r in self.recorded()]
-        self.assertEqual(runs, [([40, 20], "8"), ([40, 20], "4"), ([30, 60], "8"), ([30, 60], "4")])
+        [run] = self.recorded()  # one engine process for the whole Apply (issue 6 item 4)
+        argv = run["argv"]
+        self.assertEqual(run["image_sizes"], [[40, 20], [30, 60]])
+        self.assertEqual(argv[argv.index("--strokes") + 1], "8,4")
+        self.assertEqual([argv[i + 1] for i, word in enumerate(argv) if word == "--name"], ["plain", "stretch_none"])
         svg = inkex.load_svg(io.BytesIO(output)).getroot()
         labels = [layer.get("inkscape:label") for layer in svg.xpath("//svg:g[@inkscape:groupmode='layer']")]
         self.assertEqual(labels.count("CLIPasso sketch \u2014 8 strokes"), 2)
@@ -539,7 +557,7 @@ class TestEngineCommand(DoubleEngineMixin, TestCase):
             status, errors, output, _ = self.linked(href)
             self.assertIsNone(status, errors)
             self.assertTrue(output.startswith(b"<"))
-        self.assertEqual([r["image_size"] for r in self.recorded()], [[30, 60], [30, 60]])
+        self.assertEqual([r["image_sizes"] for r in self.recorded()], [[[30, 60]], [[30, 60]]])
 
     def test_relative_link_next_to_document(self):
         folder = os.path.join(self.tempdir, "sub")
@@ -549,7 +567,7 @@ class TestEngineCommand(DoubleEngineMixin, TestCase):
             dst.write(src.read())
         status, errors, _, _ = self.linked("my%20photo.png")
         self.assertIsNone(status, errors)
-        self.assertEqual(self.recorded()[0]["image_size"], [30, 60])
+        self.assertEqual(self.recorded()[0]["image_sizes"], [[30, 60]])
 
     def test_inkscape_pythonpath_not_passed_to_engine(self):
         env = {"PYTHONPATH": "/usr/share/inkscape/extensions", "PYTHONHOME": "/x", "KEEP": "1"}
@@ -744,8 +762,8 @@ class TestEngineRun(unittest.TestCase):
 
     def test_result_and_stray_stdout(self):
         events, result = self.run_blocking("garbage")
-        self.assertEqual(result["event"], "result")
-        self.assertEqual(len(result["strokes"]), 2)
+        self.assertEqual([r["event"] for r in result], ["result"])
+        self.assertEqual(len(result[0]["points"]), 2)
         self.assertEqual([e["event"] for e in events][:2], ["start", "status"])
         with open(self.log_path, encoding="utf-8") as handle:
             self.assertIn("[stdout] some library printing on stdout", handle.read())
