@@ -1,0 +1,566 @@
+"""`clipasso batch`: many images, one or more abstraction levels, resumable, on one machine or a Ray cluster.
+
+Outputs, all in OUTDIR:
+  <name>-<N>.svg            the sketch of image <name> with N strokes (canvas space)
+  <name>-<N>.image.svg      the same strokes in the image's pixel space (with --image-svg)
+  manifest.jsonl            one row per (image, level) finished or failed, appended in order:
+      {"name", "input", "strokes", "status": "ok"|"error", "svg", "image_svg", "loss", "seed",
+       "iterations", "seconds", "device", "finished_early", "error": null | {"code", "message"}}
+
+Resuming: a (name, N) with a row in the manifest is done and skipped (rows with status "error" too,
+unless --retry-failed). Each SVG is written to a temporary file and renamed, and only then is its row
+appended, so a killed batch loses at most the images in flight, never leaves half a file behind and
+never records a sketch it has not written. Names are the file stems; when two inputs share a stem
+(two cat.jpg in different folders) each gets a suffix made from its resolved path, stable across reruns.
+
+Batch events (jsonl mode, besides the engine's status/notice/progress/error from clipasso_engine.wire):
+  batch_start   total, pending, skipped, batch_images, device, output
+  batch_item    the manifest row (one per (image, level)), plus done, failed, total
+  batch_done    done, failed, total, seconds, output
+Engine progress events inside a chunk carry "chunk": the names being drawn together.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from . import wire
+from .config import PRESETS, make_config
+from .errors import Cancelled, EngineError
+
+BATCH_START = "batch_start"
+BATCH_ITEM = "batch_item"
+BATCH_DONE = "batch_done"
+MANIFEST = "manifest.jsonl"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".gif", ".bmp"}
+
+# --batch-images auto. Measured peak for one image, one seed, 5 views (1 clean + 4 augmented) is about
+# 1.8 GB on the CPU per optimisation step (bench_iteration.py), most of it RN101 activations kept for the
+# backward pass; it grows about linearly with images x seeds x views. The models themselves are ~0.6 GB.
+# K = usable memory / (1.8 GB x seeds x views/5), where usable = 60 % of available RAM (CPU) or 80 % of
+# free GPU memory (CUDA, where fp16 autocast roughly halves activations; we keep the CPU figure: safe side).
+# Capped at 16 (beyond that a GPU is saturated anyway) and at least 1; out-of-memory halves it at run time.
+PEAK_GB_PER_IMAGE_SEED_5VIEWS = 1.8
+MAX_AUTO_BATCH = 16
+
+
+def add_parser(subparsers):
+    b = subparsers.add_parser("batch", help="sketch many images (files, folders, globs, lists) into a folder, "
+                                            "resumable")
+    b.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, or .txt/.csv lists of paths")
+    b.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    b.add_argument("--strokes", default=None, help="abstraction level(s), comma separated, e.g. 8,16 (default 16)")
+    b.add_argument("--preset", default="paper", choices=list(PRESETS),
+                   help="; ".join(f"{k}: {v['doc']}" for k, v in PRESETS.items()))
+    b.add_argument("--iterations", type=int, default=os.environ.get("CLIPASSO_ITERATIONS") or None,
+                   help="optimisation steps (overrides the preset; default $CLIPASSO_ITERATIONS if set)")
+    b.add_argument("--seeds", type=int, help="seeds drawn at once per image, the best is kept")
+    b.add_argument("--seed", type=int, help="first seed (the others are +1000, +2000, ...)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    b.add_argument("--mask-background", action="store_true", help="remove the background with U^2-Net first")
+    b.add_argument("--stretch", action="store_true", help="stretch non-square images like the reference")
+    b.add_argument("--models-dir", default=os.environ.get("CLIPASSO_MODELS_DIR"),
+                   help="folder of local weights files (default: $CLIPASSO_MODELS_DIR, else the download cache)")
+    b.add_argument("--image-svg", action="store_true", help="also write <name>-<N>.image.svg in image pixels")
+    b.add_argument("--batch-images", default="auto",
+                   help="images optimised together in one batch (default auto: from device memory)")
+    b.add_argument("--retry-failed", action="store_true", help="retry images recorded as errors")
+    b.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (address, or none for a local/auto-detected one)")
+    b.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    b.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"], help="how to report progress")
+    b.add_argument("--debug", action="store_true", help="print the full traceback on unexpected errors")
+    return b
+
+
+# --- inputs and names -------------------------------------------------------------------------------
+
+def collect_inputs(inputs) -> list[Path]:
+    """Files, folders (their images, sorted), globs and .txt/.csv lists -> resolved paths, first seen kept."""
+    found: list[Path] = []
+
+    def add(path: Path):
+        found.append(path.resolve())
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
+                    add(child)
+        elif path.is_file() and path.suffix.lower() in (".txt", ".csv"):
+            for entry in _read_list(path):
+                entry_path = Path(entry)
+                add(entry_path if entry_path.is_absolute() else path.parent / entry_path)
+        elif path.exists():
+            add(path)  # any other file: an image, or a bad one recorded as such
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise EngineError("bad_argument", f"No file matches {item!r}.")
+            for match in matches:
+                if Path(match).is_file():
+                    add(Path(match))
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise EngineError("bad_argument", "No input images found.")
+    return unique
+
+
+def _read_list(path: Path) -> list[str]:
+    """A .txt list has one path a line (# comments); a .csv list has the path in its first column
+    (or in a column named path/file/image when there is such a header)."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".txt":
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    rows = [row for row in csv.reader(text.splitlines()) if row and row[0].strip()]
+    column = 0
+    if rows and any(h.strip().lower() in ("path", "file", "image") for h in rows[0]):
+        column = [h.strip().lower() for h in rows[0]].index(
+            next(h.strip().lower() for h in rows[0] if h.strip().lower() in ("path", "file", "image")))
+        rows = rows[1:]
+    return [row[column].strip() for row in rows if len(row) > column]
+
+
+def unique_names(paths) -> list[str]:
+    """File stems; a stem shared by several inputs gets a suffix from its resolved path's hash, so each
+    name is stable whatever else is in the batch and whatever order the inputs come in."""
+    stems = [p.stem for p in paths]
+    counts = {s: stems.count(s) for s in stems}
+    return [s if counts[s] == 1 else f"{s}_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+            for s, p in zip(stems, paths)]
+
+
+def parse_levels(text) -> list[int]:
+    if text in (None, ""):
+        return [make_config().num_strokes]
+    try:
+        levels = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise EngineError("bad_argument", f"--strokes takes numbers separated by commas (got {text!r}).") from None
+    if not levels:
+        raise EngineError("bad_argument", "--strokes needs at least one number.")
+    return list(dict.fromkeys(levels))
+
+
+# --- manifest and atomic files ----------------------------------------------------------------------
+
+def read_manifest(outdir: Path) -> dict:
+    """(name, strokes) -> last row. A line cut short by a kill is not JSON and is ignored."""
+    rows = {}
+    path = outdir / MANIFEST
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                rows[(row["name"], int(row["strokes"]))] = row
+            except (ValueError, KeyError, TypeError):
+                continue
+    return rows
+
+
+def append_row(outdir: Path, row: dict) -> None:
+    path = outdir / MANIFEST
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:  # a kill may have left a line without its newline: start a fresh line
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(row, allow_nan=False, default=float) + "\n").encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --- batch size -------------------------------------------------------------------------------------
+
+def auto_batch_images(device, config) -> int:
+    """The rule in the comment at the top: memory available / per-image peak, between 1 and 16."""
+    per_image = PEAK_GB_PER_IMAGE_SEED_5VIEWS * config.num_seeds * (config.num_augs + 1) / 5 * 1e9
+    import torch
+    if str(device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        usable = 0.8 * free
+    else:
+        usable = 0.6 * _available_ram()
+    return max(1, min(MAX_AUTO_BATCH, int(usable // per_image)))
+
+
+def _available_ram() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+        return psutil.virtual_memory().available
+    except ImportError:
+        return 4e9
+
+
+# --- drawing one chunk ------------------------------------------------------------------------------
+
+def _prepare(config, notify):
+    """Models loaded once: the engine's Runtime (sketcher.prepare), or a models dict on older engines."""
+    from . import sketcher
+    if hasattr(sketcher, "prepare"):
+        return sketcher.prepare(config, on_progress=notify)
+    return {"models": {}, "device": sketcher.pick_device(config.device, notify)}
+
+
+def _runtime_device(runtime) -> str:
+    return str(runtime["device"] if isinstance(runtime, dict) else runtime.device)
+
+
+def _sketch_chunk(runtime, loaded, paths, names, config, levels, on_progress, should_stop):
+    """result[i][j] for images i x levels j, in one sketch_many batch when the engine has it."""
+    from . import sketcher
+    if hasattr(sketcher, "sketch_many") and not isinstance(runtime, dict):
+        return sketcher.sketch_many(loaded, config, levels, runtime=runtime, names=names,
+                                    on_progress=on_progress, should_stop=should_stop)
+    # Older engine without sketch_many: one run per (image, level), models still loaded once.
+    cfg = config.replace(device=_runtime_device(runtime))
+    return [[sketcher.sketch(str(path), cfg.replace(num_strokes=level), on_progress=on_progress,
+                             should_stop=should_stop, loaded_models=runtime["models"]) for level in levels]
+            for path in paths]
+
+
+def _is_oom(exc) -> bool:
+    if isinstance(exc, EngineError):
+        return exc.code == "out_of_memory"
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def draw_items(items, config, levels, runtime, notify, should_stop=None, on_progress=None):
+    """Sketch `items` ([(path, name)], one chunk) at `levels`; returns [(name, level, sketch|None, row)].
+
+    Each image is loaded first so that a bad file becomes an error row without spoiling its chunk.
+    Out of memory halves the chunk; a single image out of memory on CUDA moves the runtime to the CPU
+    (with a notice). `runtime` is a one-element list so that the CPU fallback sticks for later chunks.
+    """
+    from . import imageio
+    out, good = [], []
+    for path, name in items:
+        try:
+            good.append((path, name, imageio.load_image(str(path), config, name=name)))
+        except EngineError as exc:
+            out += [(name, lv, None, _error_row(name, path, lv, exc)) for lv in levels]
+    if not good:
+        return out
+    return out + _draw_loaded(good, config, levels, runtime, notify, should_stop, on_progress)
+
+
+def _draw_loaded(good, config, levels, runtime, notify, should_stop, on_progress):
+    t0 = time.perf_counter()
+    names = [n for _, n, _ in good]
+    try:
+        results = _sketch_chunk(runtime[0], [g[2] for g in good], [g[0] for g in good], names, config, levels,
+                                on_progress, should_stop)
+    except Cancelled:
+        raise
+    except BaseException as exc:  # noqa: BLE001  KeyboardInterrupt is re-raised below
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if _is_oom(exc):
+            if len(good) > 1:
+                half = len(good) // 2
+                notify({"event": wire.NOTICE, "message": f"Out of memory with {len(good)} images at once: "
+                                                         f"trying {half} and {len(good) - half}."})
+                return (_draw_loaded(good[:half], config, levels, runtime, notify, should_stop, on_progress)
+                        + _draw_loaded(good[half:], config, levels, runtime, notify, should_stop, on_progress))
+            if _runtime_device(runtime[0]).startswith("cuda"):
+                notify({"event": wire.NOTICE, "message": "Out of GPU memory with one image: "
+                                                         "continuing on the CPU (slower)."})
+                _free_cuda()
+                runtime[0] = _prepare(config.replace(device="cpu"), notify)
+                return _draw_loaded(good, config, levels, runtime, notify, should_stop, on_progress)
+        if len(good) > 1:  # one image spoils the chunk: draw each alone so that only it fails
+            rows = []
+            for g in good:
+                rows += _draw_loaded([g], config, levels, runtime, notify, should_stop, on_progress)
+            return rows
+        path, name, _ = good[0]
+        error = exc if isinstance(exc, EngineError) else EngineError(
+            "out_of_memory" if _is_oom(exc) else "internal", f"{type(exc).__name__}: {exc}")
+        return [(name, lv, None, _error_row(name, path, lv, error)) for lv in levels]
+    seconds = (time.perf_counter() - t0) / (len(good) * len(levels))
+    out = []
+    for (path, name, _), per_level in zip(good, results):
+        for level, result in zip(levels, per_level):
+            out.append((name, level, result, {
+                "name": name, "input": str(path), "strokes": level, "status": "ok",
+                "loss": float(result.loss), "seed": int(result.seed),
+                "iterations": int(getattr(result, "iterations", config.num_iterations)),
+                "seconds": round(seconds, 3), "device": str(result.device),
+                "finished_early": bool(getattr(result, "finished_early", False)), "error": None}))
+    return out
+
+
+def _free_cuda():
+    try:
+        import torch
+        torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _error_row(name, path, level, exc: EngineError) -> dict:
+    return {"name": name, "input": str(path), "strokes": level, "status": "error", "loss": None, "seed": None,
+            "iterations": 0, "seconds": 0.0, "device": None, "finished_early": False,
+            "error": {"code": exc.code, "message": exc.message}}
+
+
+def _svg_texts(result, image_svg: bool):
+    return result.to_svg("canvas"), (result.to_svg("image") if image_svg else None)
+
+
+def record(outdir: Path, name, level, svg_text, image_svg_text, row) -> dict:
+    """SVG(s) first, atomically; then the manifest row: a row always means its files are complete."""
+    row = dict(row)
+    row["svg"] = row["image_svg"] = None
+    if svg_text is not None:
+        svg = outdir / f"{name}-{level}.svg"
+        write_atomic(svg, svg_text)
+        row["svg"] = svg.name
+        if image_svg_text is not None:
+            image = outdir / f"{name}-{level}.image.svg"
+            write_atomic(image, image_svg_text)
+            row["image_svg"] = image.name
+    append_row(outdir, row)
+    return row
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+def build_config(args):
+    return make_config(args.preset, num_iterations=args.iterations, num_seeds=args.seeds, seed=args.seed,
+                       mask_background=args.mask_background or None, pad_to_square=not args.stretch,
+                       models_dir=args.models_dir, threads=args.threads, device=args.device)
+
+
+def plan(args):
+    """-> (outdir, levels, pending [(path, name, [levels])], total jobs, skipped, of which failed)."""
+    outdir = Path(args.output).resolve()
+    outdir.mkdir(parents=True, exist_ok=True)
+    levels = parse_levels(args.strokes)
+    paths = collect_inputs(args.inputs)
+    names = unique_names(paths)
+    done = read_manifest(outdir)
+    pending, skipped, failed = [], 0, 0
+    for path, name in zip(paths, names):
+        todo = []
+        for level in levels:
+            row = done.get((name, level))
+            if row is not None and (row["status"] == "ok" or not args.retry_failed):
+                skipped += 1
+                failed += row["status"] != "ok"
+            else:
+                todo.append(level)
+        if todo:
+            pending.append((path, name, todo))
+    return outdir, levels, pending, len(paths) * len(levels), skipped, failed
+
+
+def chunks(pending, k):
+    """Images with the same pending levels, k at a time (sketch_many draws every image at every level)."""
+    groups: dict[tuple, list] = {}
+    for path, name, todo in pending:
+        groups.setdefault(tuple(todo), []).append((path, name))
+    for todo, items in groups.items():
+        for i in range(0, len(items), k):
+            yield items[i:i + k], list(todo)
+
+
+class Progress:
+    """One overall bar (images x levels done, failures, ETA) or batch events, through the CLI's reporter."""
+
+    def __init__(self, report, total, skipped):
+        self.report, self.total, self.done, self.failed = report, total, skipped, 0
+        self.bar = None
+        if report.mode == "bar":
+            import sys
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=skipped, unit="sketch", dynamic_ncols=True, file=sys.stderr)
+
+    def engine_event(self, event, chunk_names):
+        kind = event.get("event")
+        if kind == wire.PROGRESS:
+            if self.report.mode == "jsonl":
+                self.report(dict(event, chunk=chunk_names))
+            elif self.bar is not None:
+                self.bar.set_postfix(step=f"{event.get('iteration')}/{event.get('total')}", failed=self.failed)
+        elif kind == wire.NOTICE:
+            self.notice(event)
+
+    def notice(self, event):
+        if self.bar is not None:
+            self.bar.write(f"clipasso: {event['message']}")
+        elif self.report.mode == "jsonl":
+            self.report(event)
+
+    def item(self, row):
+        self.done += 1
+        self.failed += row["status"] != "ok"
+        if self.report.mode == "jsonl":
+            self.report(dict(row, event=BATCH_ITEM, done=self.done, failed=self.failed, total=self.total))
+        elif self.bar is not None:
+            if row["status"] != "ok":
+                self.bar.write(f"clipasso: {row['name']} ({row['strokes']} strokes): {row['error']['message']}")
+            self.bar.set_postfix(failed=self.failed)
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args, report) -> int:
+    config = build_config(args)
+    outdir, levels, pending, total, skipped, failed_before = plan(args)
+    progress = Progress(report, total, skipped)
+    progress.failed = failed_before  # the exit status says whether the whole batch is good, reruns included
+    t0 = time.perf_counter()
+    from .cli import CancelWatch
+    watch = CancelWatch(report)
+    try:
+        if pending:
+            if args.ray:
+                run_ray(args, config, outdir, pending, progress)
+            else:
+                run_local(args, config, outdir, pending, progress, watch)
+    except Cancelled as exc:
+        raise Cancelled(watch.reason) from exc
+    finally:
+        watch.finished.set()
+        progress.close()
+    seconds = time.perf_counter() - t0
+    if report.mode == "jsonl":
+        report({"event": BATCH_DONE, "done": progress.done, "failed": progress.failed, "total": total,
+                "seconds": round(seconds, 1), "output": str(outdir)})
+    if report.mode == "bar":
+        print(f"{progress.done - progress.failed} of {total} sketches in {outdir} "
+              f"({progress.failed} failed; manifest {MANIFEST}), {seconds:.0f} s")
+    return 1 if progress.failed else 0
+
+
+def run_local(args, config, outdir, pending, progress, watch):
+    runtime = [_prepare(config, progress.notice)]
+    device = _runtime_device(runtime[0])
+    k = auto_batch_images(device, config) if args.batch_images == "auto" else max(1, int(args.batch_images))
+    if progress.report.mode == "jsonl":
+        progress.report({"event": BATCH_START, "total": progress.total, "pending": sum(len(t) for *_, t in pending),
+                         "skipped": progress.done, "batch_images": k, "device": device, "output": str(outdir)})
+    for items, todo in chunks(pending, k):
+        names = [n for _, n in items]
+        rows = draw_items(items, config, todo, runtime, progress.notice, should_stop=watch.cancelled.is_set,
+                          on_progress=lambda e, names=names: progress.engine_event(e, names))
+        for name, level, result, row in rows:
+            svg, image_svg = _svg_texts(result, args.image_svg) if result is not None else (None, None)
+            progress.item(record(outdir, name, level, svg, image_svg, row))
+
+
+# --- Ray ----------------------------------------------------------------------------------------------
+
+def run_ray(args, config, outdir, pending, progress):
+    """A pool of actors, one per GPU (or per CPU slot when the cluster has no GPU), each preparing the
+    models once; actors return SVG texts and rows, the driver writes files and the manifest (so workers
+    need no shared folder, and resuming works exactly as on one machine)."""
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError:
+        raise EngineError("bad_argument", "--ray needs Ray: pip install 'clipasso-sketch[ray]'.") from None
+    address = None if args.ray == "auto" else args.ray
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                 **({"num_cpus": int(os.environ["CLIPASSO_RAY_CPUS"])} if "CLIPASSO_RAY_CPUS" in os.environ
+                    and address is None else {}))
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    per_worker = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, args.threads or 1)}
+    workers = gpus or max(1, int(resources.get("CPU", 1)) // per_worker["num_cpus"])
+    workers = min(workers, len(pending))
+    k = 1 if args.batch_images == "auto" else max(1, int(args.batch_images))
+    worker_config = config if gpus or config.device != "auto" else config.replace(device="cpu")
+    Worker = ray.remote(**per_worker)(RayWorker)
+    pool = ActorPool([Worker.remote(worker_config, args.image_svg) for _ in range(workers)])
+    if progress.report.mode == "jsonl":
+        progress.report({"event": BATCH_START, "total": progress.total, "pending": sum(len(t) for *_, t in pending),
+                         "skipped": progress.done, "batch_images": k, "device": f"ray:{workers} workers",
+                         "output": str(outdir)})
+    work = [([(str(p), n) for p, n in items], todo) for items, todo in chunks(pending, k)]
+    for rows in pool.map_unordered(lambda actor, job: actor.draw.remote(*job), work):
+        for name, level, svg, image_svg, row in rows:
+            progress.item(record(outdir, name, level, svg, image_svg, row))
+
+
+class RayWorker:
+    """One per GPU / CPU slot: models prepared once, then chunk after chunk."""
+
+    def __init__(self, config, image_svg):
+        if config.threads:
+            import torch
+            torch.set_num_threads(config.threads)
+        self.config, self.image_svg = config, image_svg
+        self.notices = []
+        self.runtime = [_prepare(config, self.notices.append)]
+
+    def draw(self, items, levels):
+        rows = draw_items([(Path(p), n) for p, n in items], self.config, levels, self.runtime, self.notices.append)
+        out = []
+        for name, level, result, row in rows:
+            svg, image_svg = _svg_texts(result, self.image_svg) if result is not None else (None, None)
+            out.append((name, level, svg, image_svg, row))
+        return out
+
+
+def main(argv=None) -> int:
+    """`python -m clipasso_engine.batch ...`: the same command without the rest of the CLI."""
+    import argparse
+    import sys
+    from .cli import Reporter
+    parser = argparse.ArgumentParser(prog="clipasso")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["batch", *(sys.argv[1:] if argv is None else argv)])
+    report = Reporter(args.progress)
+    try:
+        return run(args, report)
+    except EngineError as exc:
+        report.close()
+        if args.progress == "jsonl":
+            report({"event": wire.ERROR, "code": exc.code, "message": exc.message})
+        else:
+            print(f"clipasso: error: {exc.message}", file=sys.stderr)
+        return 130 if exc.code == "cancelled" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
