@@ -276,6 +276,8 @@ class CancelWatch:
         self.finish_requested.set()
 
     def cancel(self, reason: str) -> None:
+        if self.finished.is_set():  # the command is over (a late EOF, a late signal): nothing to stop
+            return
         if not self.cancelled.is_set():
             from . import models
             models.interrupt_pending.set()  # a weights reader failing from now on failed because of this
