@@ -18,15 +18,20 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
-if ! .venv/bin/python -c "import torch, torchvision, open_clip" 2>/dev/null; then
-  echo "== installing PyTorch, torchvision, open_clip"
-  "${PIP[@]}" torch torchvision open_clip_torch
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  # the smallest build this machine can use, chosen as install.py chooses (CPU wheels without an
+  # NVIDIA GPU; pip's configured index; the default index when PyTorch's cannot be reached)
+  read -r -a TORCH <<<"$(python3 install.py --venv .venv --print-torch-spec)"
+  echo "== installing PyTorch: pip install ${TORCH[*]}"
+  "${PIP[@]}" "${TORCH[@]}"
 fi
+.venv/bin/python -c "from importlib.metadata import version as v; print(f'torch=={v(\"torch\")}\ntorchvision=={v(\"torchvision\")}')" \
+  >.venv/torch-constraints.txt   # nothing below may swap the build
 echo "== installing the engine and test tools"
-"${PIP[@]}" -e ".[test]"
-# inkex from PyPI for the extension's unit tests: without its GUI extra (PyGObject needs cairo headers)
-"${PIP[@]}" --no-deps "inkex==1.4.1"
-"${PIP[@]}" cssselect "lxml<6" packaging pyparsing pyserial "scour<0.38" tinycss2
+"${PIP[@]}" -c .venv/torch-constraints.txt -e ".[test]"
+# inkex from PyPI for the extension's unit tests, without its GUI extra (PyGObject needs cairo
+# headers): --no-deps, with its other dependencies listed, so pip has no missing PyGObject to report
+"${PIP[@]}" --no-deps "inkex==1.4.1" cssselect "lxml<6" packaging pyparsing pyserial "scour<0.38" six tinycss2 webencodings
 
 echo "== running the tests"
 export HF_HUB_OFFLINE=1
