@@ -269,7 +269,7 @@ class ClipassoSketch(inkex.EffectExtension):
         env[wire.CALLER_ENV] = wire.CALLER_INKSCAPE  # engine messages then speak to an Inkscape user
         return env
 
-    def run_engine(self, title, command, log_path):
+    def run_engine(self, title, command, log_path, image_paths=()):
         """-> the result events in job order (AbortExtension on any failure)."""
         import progress_window  # gi is imported inside, only when a window can be shown
 
@@ -290,7 +290,8 @@ class ClipassoSketch(inkex.EffectExtension):
             try:
                 if progress_window.available():
                     return progress_window.run_with_window(
-                        title, command, lambda cmd: engine_run.EngineProcess(cmd, log_file, env), log_path, stall)
+                        title, command, lambda cmd: engine_run.EngineProcess(cmd, log_file, env), log_path, stall,
+                        image_paths=image_paths)
                 return engine_run.run_blocking(command, log_file, log_path, env=env, stall_timeout_s=stall)
             except engine_run.EngineFailed as failure:
                 abort(str(failure))
@@ -389,7 +390,7 @@ class ClipassoSketch(inkex.EffectExtension):
             counts = ", ".join(str(n) for n in levels)
             title = (f"{names[0]}: {counts} strokes" if len(images) == 1
                      else f"{len(images)} images: {counts} strokes")
-            results = self.run_engine(title, command, log_path)
+            results = self.run_engine(title, command, log_path, sources)
         # Only now, with every run done, touch the document: a failure above leaves it as it was.
         taken = set(self.svg.xpath("//@id"))
         # image's layer -> the newest layer put above it (keeps runs in order). Keyed by the element

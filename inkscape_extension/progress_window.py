@@ -15,6 +15,8 @@ import engine_run
 from engine_run import wire
 
 POLL_MS = 100
+THUMB_PX = 150      # one drawing per job (image x stroke count); a row of them, wrapping
+PHOTO_ALPHA = 0.35  # the photo faded, so the black strokes read clearly over it
 
 
 def available():
@@ -32,14 +34,97 @@ def available():
         return False
 
 
-def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.STALL_TIMEOUT_S, on_shown=None):
+def can_draw():
+    """Drawing in a Gtk.DrawingArea needs pycairo (Debian: python3-gi-cairo, not pulled in by
+    inkscape). Without it the window still works, without the drawings (a failing draw handler
+    would print to stderr, which Inkscape shows as an error)."""
+    try:
+        import gi
+        gi.require_foreign("cairo")
+        return True
+    except Exception:
+        return False
+
+
+def draw_sketch(cr, pixbuf, sketch, size):
+    """A size x size drawing: the photo (faded) and, when there is a preview, its strokes mapped
+    canvas px -> image px (the engine's canvas_to_image) -> the thumbnail, centred."""
+    from gi.repository import Gdk
+    cr.set_source_rgb(1, 1, 1)
+    cr.paint()
+    if sketch is not None:
+        image_w, image_h = (float(v) for v in sketch["image_size"])
+    elif pixbuf is not None:
+        image_w, image_h = float(pixbuf.get_width()), float(pixbuf.get_height())
+    else:
+        return
+    scale = size / max(image_w, image_h)
+    left, top = (size - image_w * scale) / 2, (size - image_h * scale) / 2
+    if pixbuf is not None:
+        cr.save()
+        cr.translate(left, top)
+        cr.scale(image_w * scale / pixbuf.get_width(), image_h * scale / pixbuf.get_height())
+        Gdk.cairo_set_source_pixbuf(cr, pixbuf, 0, 0)
+        cr.paint_with_alpha(PHOTO_ALPHA)
+        cr.restore()
+    if sketch is None:
+        return
+    a, b, c, d, e, f = (float(v) for v in sketch["canvas_to_image"])
+
+    def to_thumb(point):
+        x, y = float(point[0]), float(point[1])
+        return left + scale * (a * x + c * y + e), top + scale * (b * x + d * y + f)
+
+    cr.set_source_rgb(0, 0, 0)
+    cr.set_line_width(1.4)
+    cr.set_line_cap(1)  # round
+    for stroke in sketch.get("points") or ():
+        p0, p1, p2, p3 = (to_thumb(point) for point in stroke)
+        cr.move_to(*p0)
+        cr.curve_to(*p1, *p2, *p3)
+        cr.stroke()
+
+
+def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.STALL_TIMEOUT_S, on_shown=None,
+                    image_paths=()):
     """One engine run (every image and stroke count of one Apply); start(command) -> EngineProcess.
     Returns the result events in job order, or raises EngineFailed / EngineCancelled.
     Keep current sketch asks the engine to finish now: its results are then the best so far.
+    image_paths[i]: the file of image i, for the drawings' faded background.
     on_shown(window, cancel_button, keep_button) is called once the window is up (tests drive it)."""
     import gi
     gi.require_version("Gtk", "3.0")
-    from gi.repository import GLib, Gtk
+    from gi.repository import GdkPixbuf, GLib, Gtk
+
+    def load_thumbnail(path):
+        try:
+            return GdkPixbuf.Pixbuf.new_from_file_at_scale(path, THUMB_PX, THUMB_PX, True)
+        except (GLib.Error, TypeError):  # a format GdkPixbuf lacks: strokes on white still show
+            return None
+
+    drawing = can_draw()
+    pixbufs = {index: load_thumbnail(path) for index, path in enumerate(image_paths)} if drawing else {}
+    previews = {}   # job -> its latest preview sketch
+    drawings = {}   # job -> its Gtk.DrawingArea
+    gallery = Gtk.FlowBox(selection_mode=Gtk.SelectionMode.NONE, max_children_per_line=4,
+                          column_spacing=8, row_spacing=8)
+
+    def add_drawing(job):
+        if not drawing:
+            return
+        area = Gtk.DrawingArea()
+        area.set_size_request(THUMB_PX, THUMB_PX)
+        area.connect("draw", lambda _area, cr: draw_sketch(
+            cr, pixbufs.get(job["image"]), previews.get(job["job"]), THUMB_PX))
+        caption = Gtk.Label(label=f"{job.get('name') or ''}: {job.get('strokes', '?')} strokes", xalign=0.5)
+        caption.set_ellipsize(3)  # end
+        caption.set_max_width_chars(18)
+        cell = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+        cell.pack_start(area, False, False, 0)
+        cell.pack_start(caption, False, False, 0)
+        gallery.add(cell)
+        cell.show_all()
+        drawings[job["job"]] = area
 
     state = {"engine": None, "results": None, "failure": None, "kept": False}
 
@@ -63,7 +148,7 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
     keep.set_sensitive(False)  # nothing to keep before the first preview
     buttons.pack_end(keep, False, False, 0)
     buttons.pack_end(cancel, False, False, 0)
-    for widget in (heading, status, bar, detail, notice, buttons):
+    for widget in (heading, gallery, status, bar, detail, notice, buttons):
         box.pack_start(widget, False, False, 0)
 
     def finish(failure=None):
@@ -103,6 +188,9 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
                 notice.set_markup(f"<i>{GLib.markup_escape_text(str(event.get('message', '')))}</i>")
                 notice.show()
             elif kind == wire.START:
+                for job in event.get("jobs") or ():
+                    if job.get("job") not in drawings:
+                        add_drawing(job)
                 status.set_text(f"Running on {event.get('device', '?')}, preset {event.get('preset', '?')}")
             elif kind == wire.PROGRESS:
                 fraction, text = engine_run.describe_progress(event)
@@ -110,8 +198,15 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
                 bar.set_text(f"{int(round(100 * fraction))} %")
                 status.set_text("Drawing")
                 detail.set_text(text)
-            elif kind == wire.PREVIEW and not state["kept"]:
-                keep.set_sensitive(True)
+            elif kind == wire.PREVIEW:
+                for sketch in event.get("sketches") or ():
+                    if sketch.get("job") not in drawings:
+                        add_drawing(sketch)
+                    previews[sketch["job"]] = sketch
+                    if sketch["job"] in drawings:
+                        drawings[sketch["job"]].queue_draw()
+                if not state["kept"]:
+                    keep.set_sensitive(True)
         if engine.stalled(stall_timeout_s):
             return finish(engine_run.EngineFailed(
                 f"The CLIPasso engine gave no sign of progress for "

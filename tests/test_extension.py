@@ -214,6 +214,8 @@ class TestInkex12(DoubleEngineMixin, TestCase):
 WINDOW_SCRIPT = r"""
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
+import gi
+gi.require_version("Gtk", "3.0")
 import engine_run, progress_window
 from gi.repository import GLib, Gtk
 folder, double, photo, how = sys.argv[2:6]
@@ -233,8 +235,28 @@ def visible_texts(widget):
     if isinstance(widget, Gtk.Container):
         for child in widget.get_children():
             visible_texts(child)
+dark_pixels = []
+def drawings_dark_pixels(window):
+    import cairo  # only the keep test needs it (skipped without python3-gi-cairo)
+    # each DrawingArea rendered off-screen; black stroke pixels (the faded photo is never this dark)
+    counts = []
+    def walk(widget):
+        if isinstance(widget, Gtk.DrawingArea):
+            surface = cairo.ImageSurface(cairo.FORMAT_RGB24, progress_window.THUMB_PX, progress_window.THUMB_PX)
+            widget.draw(cairo.Context(surface))
+            data = bytes(surface.get_data())
+            counts.append(sum(1 for i in range(0, len(data), 4) if data[i + 1] < 60))
+            if how == "keep" and not os.path.exists(os.path.join(folder, "drawing.png")):
+                surface.write_to_png(os.path.join(folder, "drawing.png"))
+        if isinstance(widget, Gtk.Container):
+            for child in widget.get_children():
+                walk(child)
+    walk(window)
+    dark_pixels.append(counts)
 def shown(window, cancel, keep):
     keep_states.append(keep.get_sensitive())
+    if how == "keep":
+        drawings_dark_pixels(window)
     def look():
         visible_texts(window)
         return True
@@ -246,19 +268,21 @@ def shown(window, cancel, keep):
     elif how == "keep":
         def click():
             keep_states.append(keep.get_sensitive())
+            drawings_dark_pixels(window)
             keep.clicked()
             return False
         GLib.timeout_add(700, click)
 report = {"available": progress_window.available()}
 try:
     results = progress_window.run_with_window("two images", command("ok" if how == "none" else "hang"),
-                                              start, "LOG", on_shown=shown)
+                                              start, "LOG", on_shown=shown, image_paths=[photo, photo])
     report["results"] = [[r["image"], r["strokes"], r["finished_early"]] for r in results]
 except engine_run.EngineFailed as failure:
     report["failure"] = type(failure).__name__
 report["exit_codes"] = [e.process.poll() for e in started]
 report["texts"] = sorted(seen_texts)
 report["keep_states"] = keep_states
+report["dark_pixels"] = dark_pixels
 print(json.dumps(report))
 """
 
@@ -296,8 +320,17 @@ class TestProgressWindow(unittest.TestCase):
         self.assertEqual(report["exit_codes"], [0])
 
     def test_keep_returns_the_current_sketches(self):
+        import subprocess
+        if subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_foreign('cairo')"]).returncode:
+            self.skipTest("drawing needs pycairo for the system Python (Debian: python3-gi-cairo)")
         report = self.run_window("keep")
         self.assertEqual(report["keep_states"], [False, True], "Keep waits for the first preview")
+        # the window draws: before any preview no drawing (nor any stroke pixel), then one drawing per
+        # job (2 images x 2 levels), each showing the previewed strokes
+        before, during = report["dark_pixels"]
+        self.assertEqual(sum(before), 0)
+        self.assertEqual(len(during), 4)
+        self.assertTrue(all(count > 20 for count in during), during)
         self.assertEqual(report["results"], [[0, 2, True], [0, 3, True], [1, 2, True], [1, 3, True]])
         self.assertEqual(report["exit_codes"], [0])
         # the engine's notice is shown to the designer (issue 8 item 7)
