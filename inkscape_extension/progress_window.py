@@ -94,6 +94,7 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
     on_shown(window, cancel_button, keep_button) is called once the window is up (tests drive it)."""
     import gi
     gi.require_version("Gtk", "3.0")
+    gi.require_version("GdkPixbuf", "2.0")
     from gi.repository import GdkPixbuf, GLib, Gtk
 
     def load_thumbnail(path):
