@@ -17,7 +17,8 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   python3 -m venv .venv
 fi
-PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# -qq: errors only (pip's warnings about this machine's own index configuration are not CI failures)
+PIP=(.venv/bin/python -m pip install -qq --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   # the smallest build this machine can use, chosen as install.py chooses (CPU wheels without an
   # NVIDIA GPU; pip's configured index; the default index when PyTorch's cannot be reached)
