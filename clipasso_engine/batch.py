@@ -420,7 +420,7 @@ class Progress:
 
     def notice(self, event):
         if self.bar is not None:
-            self.bar.write(f"clipasso: {event['message']}")
+            self.bar.write(f"clipasso: {event.get('message', '')}")
         elif self.report.mode == "jsonl":
             self.report(event)
 

@@ -74,7 +74,7 @@ def test_manifest_ignores_a_line_cut_by_a_kill(tmp_path):
 def test_batch_survives_sigkill_and_resumes_without_loss_or_duplicates(photos, models_dir, tmp_path):
     out = tmp_path / "out"
     # First run: killed (SIGKILL) as soon as the first sketch is recorded.
-    proc = subprocess.Popen(_cmd([photos], out, models_dir, "--batch-images", "1"), env=_env(),
+    proc = subprocess.Popen(_cmd([photos, photos / "more"], out, models_dir, "--batch-images", "1"), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -89,7 +89,7 @@ def test_batch_survives_sigkill_and_resumes_without_loss_or_duplicates(photos, m
         proc.wait()
     first = _rows(out)
     # Rerun to the end: it skips what is recorded and draws the rest.
-    done = subprocess.run(_cmd([photos], out, models_dir, "--batch-images", "2"), env=_env(),
+    done = subprocess.run(_cmd([photos, photos / "more"], out, models_dir, "--batch-images", "2"), env=_env(),
                           capture_output=True, text=True, timeout=400)
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 1, done.stderr  # one bad file -> exit 1, everything else done
@@ -110,7 +110,7 @@ def test_batch_survives_sigkill_and_resumes_without_loss_or_duplicates(photos, m
     assert svgs == sorted(r["svg"] for r in ok)  # no orphan, no temp files
     assert not list(out.glob(".*.tmp"))
     # A third run has nothing left to do.
-    again = subprocess.run(_cmd([photos], out, models_dir), env=_env(), capture_output=True, text=True, timeout=120)
+    again = subprocess.run(_cmd([photos, photos / "more"], out, models_dir), env=_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and len(_rows(out)) == 5  # still one bad file, nothing redone
 
 
