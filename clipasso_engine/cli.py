@@ -218,7 +218,7 @@ class Reporter:
             # Our own rate and time left (the engine's), not tqdm's: tqdm's first tick divides by the
             # microseconds since the bar appeared and reads thousands of it/s.
             self.bar = tqdm(total=event["total"], dynamic_ncols=True, file=self.err,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}")  # postfix: ", ..."
         self.bar.n = event["iteration"]
         per_it, eta = event.get("per_iteration"), event.get("eta")
         timing = f"{per_it:.2f} s/it, {_duration(eta)} left, " if per_it and eta is not None else ""
