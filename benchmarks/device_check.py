@@ -34,7 +34,7 @@ def parity(config, device, rows):
         b = visual(clip_normalize(target.to(dev)))
         loss = 1 - torch.nn.functional.cosine_similarity(a, b).mean()
         loss.backward()
-        results[dev] = (float(loss), p.grad.detach().cpu())
+        results[dev] = (float(loss.detach()), p.grad.detach().cpu())
         del visual
     (l0, g0), (l1, g1) = results["cpu"], results[device]
     rows.append(("parity: CPU vs " + device + " loss |diff|", f"{abs(l0 - l1):.2e} (loss {l0:.5f})"))
