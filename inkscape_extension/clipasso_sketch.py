@@ -5,7 +5,8 @@ Runs in Inkscape's own Python (stdlib + inkex 1.2 or newer). All heavy work happ
 process (`<engine python> -m clipasso_engine sketch ... --progress jsonl`, its own venv); this script
 1. finds the selected <image>s and turns each into a file the engine can read,
 2. finds the engine through clipasso_engine.json next to clipasso.inx (or CLIPASSO_ENGINE_PYTHON),
-3. runs it once for all images and stroke counts, with a progress window when there is a display
+3. runs it once for all images and stroke counts, on the part of each picture that shows (a
+   `slice` or a clip-path hides the rest: --crop), with a progress window when there is a display
    (Cancel; Keep current sketch returns the best strokes so far),
 4. inserts one layer per result (image x stroke count), directly above the image's layer, with the strokes mapped exactly
    onto the image (placement.py), in plain document coordinates.
@@ -13,6 +14,7 @@ Any failure becomes one sentence (inkex.AbortExtension) and the document is left
 """
 
 import base64
+import copy
 import json
 import os
 import re
@@ -33,6 +35,7 @@ if HERE not in sys.path:
 
 import engine_run  # noqa: E402
 import placement  # noqa: E402
+import raster_size  # noqa: E402
 from engine_run import wire  # noqa: E402  (clipasso_wire when installed, else the checkout's)
 
 CONFIG_NAME = "clipasso_engine.json"
@@ -44,6 +47,11 @@ MIME_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "
 INKSCAPE_NS = "http://www.inkscape.org/namespaces/inkscape"
 SODIPODI_NS = "http://sodipodi.sourceforge.net/DTD/sodipodi-0.dtd"
 XLINK_NS = "http://www.w3.org/1999/xlink"
+SVG_NS = "http://www.w3.org/2000/svg"
+# What a clipPath may hold whose bounds inkex knows exactly; text and <use> are not among them.
+CLIP_SHAPES = {"path", "rect", "circle", "ellipse", "polygon", "polyline", "line"}
+CLIP_IGNORED = {"title", "desc", "metadata"}  # never drawn, so never part of the clip
+CLIP_URL = re.compile(r"^\s*url\(\s*['\"]?#([^'\")]+)['\"]?\s*\)")
 # A linked file above this size is refused before anything reads it (issue 8 item 1): the engine's
 # own pixel limit is far below what any such file holds, and reading it whole would eat the RAM.
 MAX_IMAGE_BYTES = 200 * 1024 * 1024
@@ -123,6 +131,51 @@ def composed_matrix(element):
             matrix = placement.compose(tuple(inkex.Transform(text).to_hexad()), matrix)
         node = node.getparent()
     return matrix
+
+
+def raw_matrix(element):
+    """The element's own transform attribute as a 6-tuple (raw access, as composed_matrix)."""
+    text = element.attrib.get("transform")
+    return tuple(inkex.Transform(text).to_hexad()) if text else placement.IDENTITY
+
+
+def clip_reference(element):
+    """The id in the element's clip-path (attribute or style property), or None."""
+    value = element.attrib.get("clip-path")
+    for declaration in (element.attrib.get("style") or "").split(";"):
+        name, _, text = declaration.partition(":")
+        if name.strip() == "clip-path":
+            value = text  # the style property wins over the attribute, as in CSS
+    match = CLIP_URL.match(value or "")
+    return match.group(1) if match else None
+
+
+def clip_content_box(clip):
+    """Bounds (x0, y0, x1, y1) of a <clipPath>'s shapes in the user space of the element it clips,
+    or None when they cannot be known for sure (objectBoundingBox units, text, <use>, nothing)."""
+    if (clip.get("clipPathUnits") or "userSpaceOnUse").strip() != "userSpaceOnUse":
+        return None
+    box = None
+    for child in clip:
+        if not isinstance(child.tag, str):  # a comment
+            continue
+        kind = child.tag.rpartition("}")[2]
+        if kind in CLIP_IGNORED:
+            continue
+        if kind not in CLIP_SHAPES:
+            return None
+        try:  # on a copy: inkex 1.4 may rewrite attributes it reads, and the document stays as it was
+            bounds = copy.deepcopy(child).bounding_box()
+        except Exception:  # inkex cannot measure it: the clip is unknown, never guessed
+            return None
+        if bounds is None:
+            continue
+        shape = (bounds.left, bounds.top, bounds.right, bounds.bottom)
+        box = shape if box is None else (min(box[0], shape[0]), min(box[1], shape[1]),
+                                         max(box[2], shape[2]), max(box[3], shape[3]))
+    if box is None:
+        return None
+    return placement.mapped_box(raw_matrix(clip), box)
 
 
 class ClipassoSketch(inkex.EffectExtension):
@@ -238,8 +291,49 @@ class ClipassoSketch(inkex.EffectExtension):
                   f"image: relink the image and try again.")
         return path
 
+    # --- what of each picture shows ----------------------------------------------------------------
+    def visible_crop(self, image, path):
+        """The engine's --crop for one image: (left, top, right, bottom) of the pixels that show on
+        the canvas, or None to sketch the whole picture. A `slice` image shows only what falls in
+        its rect; a clip-path on it or an ancestor may hide more. Whenever something is uncertain
+        (unreadable header, odd transform) the answer is None: more is sketched, never less."""
+        size = raster_size.upright_pixel_size(path)
+        if size is None:
+            return None
+        attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
+        try:
+            x, y, width, height = placement.image_rect(attributes, size, self.viewport_size())
+            pixels_to_user = placement.image_placement(x, y, width, height, size,
+                                                       image.get("preserveAspectRatio"))
+            visible = (x, y, x + width, y + height)
+            for clip_box in self.clip_boxes(image):
+                visible = placement.intersect_boxes(visible, clip_box)
+                if visible is None:  # clipped away entirely: nothing shows, sketch it whole
+                    return None
+            return placement.visible_pixel_box(pixels_to_user, size, visible)
+        except (ValueError, ZeroDivisionError):  # no size or a singular transform: placement says so later
+            return None
+
+    def clip_boxes(self, image):
+        """The bounds of each clip-path on the image and on its ancestors, in the image's user space.
+        A clip whose bounds are unknown is skipped: the sketch then covers more than shows."""
+        to_image = placement.invert(composed_matrix(image))
+        for node in [image, *image.iterancestors()]:
+            clip_id = clip_reference(node)
+            clip = self.clip_path(clip_id) if clip_id else None
+            box = clip_content_box(clip) if clip is not None else None
+            if box is not None:  # clip units are the clipped node's user space (its transform included)
+                yield placement.mapped_box(placement.compose(to_image, composed_matrix(node)), box)
+
+    def clip_path(self, clip_id):
+        """The <clipPath> with that id; looked up by walking, as ids may hold any character."""
+        for clip in self.svg.iter(f"{{{SVG_NS}}}clipPath"):
+            if clip.get("id") == clip_id:
+                return clip
+        return None
+
     # --- 2 + 3. running the engine ------------------------------------------------------------
-    def engine_command(self, python, models_dir, sources, names, levels, workdir):
+    def engine_command(self, python, models_dir, sources, names, levels, workdir, crops=()):
         """One engine process for the whole Apply: every image, every stroke count (one model load)."""
         jobs = len(sources) * len(levels)
         out = os.path.join(workdir, "sketch.svg" if jobs == 1 else "sketches")  # the CLI's -o rule
@@ -247,6 +341,9 @@ class ClipassoSketch(inkex.EffectExtension):
                    "--strokes", ",".join(str(n) for n in levels)]
         for name in names:  # the engine's messages then name what the designer sees (issue 8 item 3)
             command += ["--name", name]
+        if any(crops):  # one per image, in image order; '-' is the whole picture
+            for crop in crops:
+                command += ["--crop", ",".join(str(v) for v in crop) if crop else "-"]
         command += ["--preset", self.options.preset, "--device", DEVICES[self.options.device],
                     "--progress", "jsonl"]
         if self.options.seeds > 0:
@@ -386,7 +483,8 @@ class ClipassoSketch(inkex.EffectExtension):
         names = [self.display_name(image, index) for index, image in enumerate(images)]
         with tempfile.TemporaryDirectory(prefix="clipasso-") as workdir:
             sources = [self.image_file(image, workdir, index) for index, image in enumerate(images)]
-            command = self.engine_command(python, models_dir, sources, names, levels, workdir)
+            crops = [self.visible_crop(image, source) for image, source in zip(images, sources)]
+            command = self.engine_command(python, models_dir, sources, names, levels, workdir, crops)
             counts = ", ".join(str(n) for n in levels)
             title = (f"{names[0]}: {counts} strokes" if len(images) == 1
                      else f"{len(images)} images: {counts} strokes")

@@ -99,7 +99,8 @@ def image_placement(x, y, width, height, image_size, preserve_aspect_ratio=None)
     user space: the raster is fitted into the rect (x, y, width, height) as SVG says.
 
     slice: the raster overflows the rect on one axis and the overflow is clipped on screen; the
-    sketch still maps onto the full raster (strokes may reach past the visible rect)."""
+    engine then sketches only the visible part (visible_pixel_box), yet its result still maps
+    onto the full raster, so this matrix is the same either way."""
     pixel_w, pixel_h = float(image_size[0]), float(image_size[1])
     if pixel_w <= 0 or pixel_h <= 0:
         raise ValueError("image has no pixels")
@@ -132,6 +133,49 @@ def image_rect(attributes, image_size, viewport_size=None):
     elif height is None:
         height = width * pixel_h / pixel_w
     return x, y, width, height
+
+
+def intersect_boxes(first, second):
+    """Overlap of two boxes (x0, y0, x1, y1); None when they do not overlap."""
+    x0, y0 = max(first[0], second[0]), max(first[1], second[1])
+    x1, y1 = min(first[2], second[2]), min(first[3], second[3])
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+
+def mapped_box(m, box):
+    """Axis-aligned bounds of a box (x0, y0, x1, y1) mapped by m (a superset when m rotates)."""
+    corners = [apply(m, x, y) for x in (box[0], box[2]) for y in (box[1], box[3])]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+# a visible edge this close to a pixel edge is on it (float noise must not add a pixel row)
+PIXEL_EPSILON = 1e-6
+
+
+def visible_pixel_box(pixels_to_user, image_size, visible_box):
+    """The raster's visible part as whole pixels (left, top, right, bottom) for the engine's --crop,
+    or None when all of it shows (or none of it: then there is nothing better to sketch).
+
+    visible_box: what shows on screen in the <image>'s user space (x0, y0, x1, y1): its rect (a
+    `slice` raster overflows it), intersected with any clip. It is mapped back to image pixels,
+    clamped to the raster and rounded outward, so no visible pixel is ever left out."""
+    width, height = int(image_size[0]), int(image_size[1])
+    box = intersect_boxes(mapped_box(invert(pixels_to_user), visible_box), (0, 0, width, height))
+    if box is None:
+        return None
+    left, right = _whole_pixels(box[0], box[2], width)
+    top, bottom = _whole_pixels(box[1], box[3], height)
+    if (left, top, right, bottom) == (0, 0, width, height):
+        return None
+    return (left, top, right, bottom)
+
+
+def _whole_pixels(start, end, size):
+    """[start, end] rounded outward to pixel edges inside [0, size], at least one pixel wide."""
+    first = min(size - 1, max(0, math.floor(start + PIXEL_EPSILON)))
+    last = min(size, max(first + 1, math.ceil(end - PIXEL_EPSILON)))
+    return first, last
 
 
 def canvas_to_layer(canvas_to_image, pixels_to_user, image_ctm, layer_ctm):

@@ -19,6 +19,9 @@ ENGINE_DOUBLE_MODE picks the behaviour:
             finished_early true; cancel or EOF -> exit 130 (like the engine); SIGTERM -> 143
   stubborn  progress, then ignore stdin and SIGTERM (only SIGKILL ends it)
   spawn     like stubborn, and also starts a grandchild `sleep`; pids go to ENGINE_DOUBLE_PIDS
+--crop L,T,R,B (or -) per image, as the engine: the strokes are drawn inside that rectangle of the
+image's pixels (squeezed into the part of the canvas it fills), while image_size and canvas_to_image
+still refer to the whole image; a crop outside the image is the engine's bad_argument error.
 ENGINE_DOUBLE_RECORD: a file to which one JSON line {argv, image_bytes, image_sizes, caller} is appended.
 """
 
@@ -69,11 +72,37 @@ def known_strokes(n):
     return strokes
 
 
-def canvas_to_image(width, height):
-    """Pad-to-square, as the engine does: the canvas covers a max(W, H) square centred on the image."""
+def canvas_to_image(width, height, crop=None):
+    """Pad-to-square, as the engine does: the canvas covers a max(w, h) square centred on the image,
+    or on the crop (w x h) and then shifted by the crop's offset into the whole image."""
+    left, top, right, bottom = crop or (0, 0, width, height)
+    width, height = right - left, bottom - top
     side = max(width, height)
     scale = side / CANVAS
-    return [scale, 0.0, 0.0, scale, -(side - width) / 2.0, -(side - height) / 2.0]
+    return [scale, 0.0, 0.0, scale, left - (side - width) / 2.0, top - (side - height) / 2.0]
+
+
+def inside_crop(strokes, crop):
+    """With a crop, squeeze the known strokes into the part of the canvas the crop fills (the rest
+    is padding), so that every control point lies on the cropped pixels, as the engine's would."""
+    if crop is None:
+        return strokes
+    width, height = crop[2] - crop[0], crop[3] - crop[1]
+    side = max(width, height)
+    kx, ky = width / side, height / side
+    ox, oy = CANVAS * (1 - kx) / 2, CANVAS * (1 - ky) / 2
+    return [[[ox + kx * x, oy + ky * y] for x, y in stroke] for stroke in strokes]
+
+
+def parse_crop(text, size, name):
+    """'L,T,R,B' -> a tuple of ints checked against the image size, '-' -> None (the engine's rule)."""
+    if text.strip() == "-":
+        return None
+    left, top, right, bottom = (int(round(float(v))) for v in text.split(","))
+    width, height = size
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise ValueError(f"{name}: the crop {text} is empty or outside the image ({width} x {height} pixels)")
+    return left, top, right, bottom
 
 
 def parse(argv):
@@ -140,6 +169,12 @@ def main():
         except (OSError, ValueError) as error:
             emit(event="error", code="bad_image", message=f"{name}: {error}.")
             return 1
+    try:
+        crops = [parse_crop(text, size, name) for text, size, name in zip(options.get("crop", []), sizes, names)]
+    except ValueError as error:
+        emit(event="error", code="bad_argument", message=f"{error}.")
+        return 2
+    crops += [None] * (len(images) - len(crops))
     if record:
         with open(record, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"argv": sys.argv[1:], "image_sizes": sizes,
@@ -161,8 +196,9 @@ def main():
         return 1
 
     def sketches():
-        return [dict(job, points=known_strokes(job["strokes"]), canvas=[CANVAS, CANVAS],
-                     image_size=list(sizes[job["image"]]), canvas_to_image=canvas_to_image(*sizes[job["image"]]))
+        return [dict(job, points=inside_crop(known_strokes(job["strokes"]), crops[job["image"]]),
+                     canvas=[CANVAS, CANVAS], image_size=list(sizes[job["image"]]),
+                     canvas_to_image=canvas_to_image(*sizes[job["image"]], crops[job["image"]]))
                 for job in jobs]
 
     for iteration in (10, 20):
