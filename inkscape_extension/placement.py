@@ -149,8 +149,9 @@ def mapped_box(m, box):
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-# a visible edge this close to a pixel edge is on it (float noise must not add a pixel row)
-PIXEL_EPSILON = 1e-6
+# A visible edge this close to a pixel edge (in pixels) is on it: float noise, or inkex's Bezier
+# approximation of a circular clip (1e-4 over), must not add a row of pixels.
+PIXEL_EPSILON = 1e-3
 
 
 def visible_pixel_box(pixels_to_user, image_size, visible_box):

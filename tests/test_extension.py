@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import stat
 import sys
@@ -30,6 +31,7 @@ from inkex.tester.inx import InxMixin  # noqa: E402
 import clipasso_sketch  # noqa: E402
 import engine_run  # noqa: E402
 import placement  # noqa: E402
+import raster_size  # noqa: E402
 from clipasso_sketch import ClipassoSketch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="engine wrapper is a shell script")
@@ -145,6 +147,13 @@ class TestPlacementGolden(DoubleEngineMixin, ComparisonMixin, TestCase):
     ]
 
 
+class TestVisibleGolden(DoubleEngineMixin, ComparisonMixin, TestCase):
+    """Only the part that shows is sketched (--crop); the clipPaths' own attributes stay as written."""
+    effect_class = ClipassoSketch
+    compare_file = "visible.svg"
+    comparisons = [("--id=slice_mid", "--strokes=3"), ("--id=in_clipped_group", "--strokes=3")]
+
+
 class TestMillimetreGolden(DoubleEngineMixin, ComparisonMixin, TestCase):
     effect_class = ClipassoSketch
     compare_file = "mm.svg"
@@ -170,7 +179,8 @@ class TestInkex12(DoubleEngineMixin, TestCase):
              (("--id=embedded", "--strokes=3"), "placement.svg"),
              (("--id=plain", "--id=rect1", "--id=rotated", "--strokes=2, 4", "--stroke_color=4278190208",
                "--layer_name=Sketch"), "placement.svg"),
-             (("--id=photo", "--strokes=4"), "mm.svg")]
+             (("--id=photo", "--strokes=4"), "mm.svg"),
+             (("--id=in_clipped_group", "--strokes=3"), "visible.svg")]  # clip bounds through inkex 1.2
 
     def run_script(self, args, document):
         import subprocess
@@ -746,6 +756,177 @@ class TestPlacementMath(unittest.TestCase):
         path = out.getroot().getElementById("clipasso-meet_mid-3-stroke-1")
         self.assertEqual(path.get("d"), "M 100,20 C 180,20 180,100 100,100")  # canvas = 80x80 box
         self.assertIn("stroke-width:1.0714", path.get("style"))  # 3 px * (80 / 224)
+
+
+# --- what shows: the engine is sent only the visible part (--crop) -------------------------------
+class TestVisiblePixelBox(unittest.TestCase):
+    """placement.visible_pixel_box: the visible box in image pixels, rounded outward, clamped."""
+
+    def crop(self, image_size, rect, aspect, visible=None):
+        pixels_to_user = placement.image_placement(*rect, image_size, aspect)
+        x, y, w, h = rect
+        return placement.visible_pixel_box(pixels_to_user, image_size, visible or (x, y, x + w, y + h))
+
+    def test_slice_nine_alignments(self):
+        # 40x20 in a 60x60 box, slice: scale 3, 120x60; a third of the columns shows, where aligned
+        for ax, fx in (("xMin", 0), ("xMid", 0.5), ("xMax", 1)):
+            for ay in ("YMin", "YMid", "YMax"):
+                self.assertEqual(self.crop((40, 20), (0, 0, 60, 60), f"{ax}{ay} slice"),
+                                 (20 * fx, 0, 20 + 20 * fx, 20), (ax, ay))
+        # 30x60 in a 60x30 box: the rows are cut instead
+        for ay, rows in (("YMin", (0, 15)), ("YMid", (22, 38)), ("YMax", (45, 60))):  # mid: 22.5..37.5 outward
+            self.assertEqual(self.crop((30, 60), (5, 5, 60, 30), f"xMid{ay} slice"), (0, rows[0], 30, rows[1]))
+
+    def test_meet_and_none_show_everything(self):
+        for aspect in ("xMinYMin meet", "xMidYMid meet", "xMaxYMax meet", None, "none", "bogus"):
+            self.assertIsNone(self.crop((40, 20), (0, 0, 60, 60), aspect), aspect)
+        self.assertIsNone(self.crop((40, 20), (0, 0, 80, 40), "xMidYMid slice"))  # same aspect: all shows
+
+    def test_raster_larger_or_smaller_than_its_rect(self):
+        self.assertEqual(self.crop((400, 200), (0, 0, 60, 60), "xMidYMid slice"), (100, 0, 300, 200))  # scale 0.3
+        self.assertEqual(self.crop((4, 2), (0, 0, 60, 60), "xMidYMid slice"), (1, 0, 3, 2))  # scale 30
+
+    def test_rounded_outward(self):
+        # 40x20 in 50x60: scale 3, pixels 11.67..28.33 show: all of 11 and 28 are sent
+        self.assertEqual(self.crop((40, 20), (10, 10, 50, 60), "xMidYMid slice"), (11, 0, 29, 20))
+        # float noise on a pixel edge adds no row
+        self.assertEqual(self.crop((40, 20), (0, 0, 40, 20), None, (10 + 1e-12, 0, 30 - 1e-12, 10.0000000001)),
+                         (10, 0, 30, 10))
+
+    def test_clamped_to_the_raster(self):
+        self.assertEqual(self.crop((40, 20), (0, 0, 40, 20), None, (-5, 5, 10, 50)), (0, 5, 10, 20))
+        self.assertIsNone(self.crop((40, 20), (0, 0, 40, 20), None, (-100, -100, 100, 100)))
+        self.assertIsNone(self.crop((40, 20), (0, 0, 40, 20), None, (50, 0, 60, 20)))  # nothing shows
+        self.assertEqual(self.crop((40, 20), (0, 0, 40, 20), None, (10.2, 3.5, 10.3, 3.6)), (10, 3, 11, 4))  # a sliver
+        self.assertEqual(self.crop((40, 20), (0, 0, 40, 20), None, (40 - 1e-9, 0, 41, 20)), (39, 0, 40, 20))
+
+    def test_result_is_whole_pixels_the_engine_accepts(self):
+        box = self.crop((40, 20), (10, 10, 50, 60), "xMaxYMin slice")
+        self.assertTrue(all(isinstance(v, int) for v in box), box)
+        left, top, right, bottom = box
+        self.assertTrue(0 <= left < right <= 40 and 0 <= top < bottom <= 20, box)
+
+
+class TestRasterSize(unittest.TestCase):
+    """The upright pixel size from a file's header, as the engine will see the picture."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="clipasso-size-")
+        self.addCleanup(lambda: __import__("shutil").rmtree(self.folder, ignore_errors=True))
+
+    def saved(self, name, fmt, orientation=None, **options):
+        from PIL import Image
+        image = Image.new("RGB", (37, 21), "red")
+        if orientation is not None:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            options["exif"] = exif.tobytes()
+        path = os.path.join(self.folder, name)
+        image.save(path, fmt, **options)
+        return path
+
+    def test_formats(self):
+        for name, fmt, options in (("a.png", "PNG", {}), ("a.jpg", "JPEG", {}), ("a.gif", "GIF", {}),
+                                   ("a.bmp", "BMP", {}), ("a.webp", "WEBP", {}),
+                                   ("l.webp", "WEBP", {"lossless": True})):
+            self.assertEqual(raster_size.upright_pixel_size(self.saved(name, fmt, **options)), (37, 21), name)
+        self.assertEqual(raster_size.upright_pixel_size(os.path.join(DATA, "photo_30x60.png")), (30, 60))
+
+    def test_exif_quarter_turns_swap_width_and_height(self):
+        for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")):
+            for orientation, size in ((1, (37, 21)), (3, (37, 21)), (6, (21, 37)), (8, (21, 37))):
+                path = self.saved(f"o{orientation}.{suffix}", fmt, orientation)
+                self.assertEqual(raster_size.upright_pixel_size(path), size, (fmt, orientation))
+
+    def test_unsure_means_none(self):
+        self.assertIsNone(raster_size.upright_pixel_size(self.saved("a.tif", "TIFF")))  # not parsed: no crop
+        self.assertIsNone(raster_size.upright_pixel_size(os.path.join(DATA, "not_an_image.png")))
+        self.assertIsNone(raster_size.upright_pixel_size(os.path.join(self.folder, "missing.png")))
+        jpeg = open(self.saved("b.jpg", "JPEG", 6), "rb").read()
+        exif_at = jpeg.index(b"Exif\x00\x00")
+        damaged = os.path.join(self.folder, "damaged.jpg")
+        with open(damaged, "wb") as handle:  # the EXIF block's byte order mark broken
+            handle.write(jpeg[:exif_at + 6] + b"XX" + jpeg[exif_at + 8:])
+        self.assertIsNone(raster_size.upright_pixel_size(damaged))
+        truncated = os.path.join(self.folder, "truncated.jpg")
+        with open(truncated, "wb") as handle:
+            handle.write(jpeg[:exif_at])
+        self.assertIsNone(raster_size.upright_pixel_size(truncated))
+
+
+NUMBER = r"-?\d+(?:\.\d+)?"
+# visible.svg: image id -> (--crop sent, the visible box in document coordinates, x0 y0 x1 y1)
+VISIBLE = {
+    "slice_mid": ("11,0,29,20", (10, 10, 60, 70)),
+    "slice_tall": ("0,45,30,60", (70, 10, 130, 40)),
+    "clipped": ("10,0,30,10", (30, 100, 70, 120)),
+    "in_clipped_group": ("20,5,30,15", (150, 110, 170, 130)),
+    "clipped_style": ("0,10,40,20", (200, 210, 240, 220)),
+    "embedded_slice": ("0,0,10,10", (300, 200, 310, 210)),
+}
+WHOLE = ("meet_big", "clipped_bbox_units", "clipped_text", "clipped_away")  # nothing hidden, or unsure
+
+
+class TestVisibleCrop(DoubleEngineMixin, TestCase):
+    """End to end through the engine double, which draws inside the crop like the engine."""
+
+    def sketch(self, *ids):
+        status, errors, output, _ = self.run_extension(*[f"--id={i}" for i in ids], "--strokes=3",
+                                                       document="visible.svg")
+        self.assertIsNone(status, errors)
+        self.assertEqual(errors, "")
+        return inkex.load_svg(io.BytesIO(output)).getroot()
+
+    def crops_sent(self):
+        argv = self.recorded()[-1]["argv"]
+        return [argv[i + 1] for i, word in enumerate(argv) if word == "--crop"]
+
+    @staticmethod
+    def nodes(svg, image_id):
+        """Every node of every stroke, in document coordinates (the new layer has no transform)."""
+        paths = [svg.getElementById(f"clipasso-{image_id}-3-stroke-{k}") for k in (1, 2, 3)]
+        return [[(float(x), float(y)) for x, y in re.findall(f"({NUMBER}),({NUMBER})", path.get("d"))]
+                for path in paths]
+
+    def test_strokes_lie_on_what_shows(self):
+        for image_id, (crop, (x0, y0, x1, y1)) in VISIBLE.items():
+            with self.subTest(image=image_id):
+                svg = self.sketch(image_id)
+                self.assertEqual(self.crops_sent(), [crop])
+                # outward rounding to whole pixels may add up to one raster pixel (3 units at most here)
+                tolerance = 3.0 + 1e-6
+                for node in sum(self.nodes(svg, image_id), []):
+                    self.assertTrue(x0 - tolerance <= node[0] <= x1 + tolerance and
+                                    y0 - tolerance <= node[1] <= y1 + tolerance, (node, (x0, y0, x1, y1)))
+
+    def test_placement_stays_exact(self):
+        """The double's stroke 1 runs through the crop's pixel corners: they land, to the 4 decimals
+        written, where the image's own placement puts those pixels."""
+        expected = {"slice_mid": [(8, 10), (62, 10), (62, 70), (8, 70)],  # pixels 11..29 at scale 3, x from -25
+                    "slice_tall": [(70, 10), (130, 10), (130, 40), (70, 40)],
+                    "in_clipped_group": [(150, 110), (170, 110), (170, 130), (150, 130)]}
+        for image_id, corners in expected.items():
+            with self.subTest(image=image_id):
+                svg = self.sketch(image_id)
+                self.assertEqual(self.nodes(svg, image_id)[0], [(float(x), float(y)) for x, y in corners])
+
+    def test_whole_picture_when_all_shows_or_unsure(self):
+        for image_id in WHOLE:
+            with self.subTest(image=image_id):
+                self.sketch(image_id)
+                self.assertEqual(self.crops_sent(), [])
+                self.assertEqual(self.recorded()[-1]["image_sizes"], [[40, 20]])
+
+    def test_one_crop_per_image_in_image_order(self):
+        self.sketch("slice_mid", "meet_big", "slice_tall")
+        self.assertEqual(self.crops_sent(), ["11,0,29,20", "-", "0,45,30,60"])
+
+    def test_clip_paths_unchanged(self):
+        """Measuring a clip must not touch it (inkex 1.4 rewrites some attributes it reads)."""
+        svg = self.sketch("in_clipped_group")
+        shape = svg.getElementById("clip_group_rotated")
+        self.assertEqual(shape.attrib["transform"], "rotate(10,20,10)")
+        self.assertEqual(svg.getElementById("clip_group").attrib["transform"], "translate(10,0)")
 
 
 # --- the process side: events, ETA, cancel ------------------------------------------------------
