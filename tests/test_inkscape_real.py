@@ -2,7 +2,8 @@
 profile, Inkscape runs the effect on an image under nested transforms, the real engine (generated
 weights, a couple of iterations) draws, and the output SVG gets a layer of strokes lying on the image.
 Two more runs are stopped mid-way (SIGTERM to the extension; SIGKILL to all of Inkscape): no engine
-process may survive, and the document stays as it was.
+process may survive, and the document stays as it was. One more is told to keep its current sketch
+mid-run (the wire's finish command): its strokes become the layer.
 
 Nothing here touches the real Inkscape profile (INKSCAPE_PROFILE_DIR) or the developer's venv (the
 engine goes into a throwaway venv that borrows this interpreter's torch, see _install_helpers).
@@ -185,6 +186,13 @@ def diagnostics(paths) -> str:
     return "\n".join(texts)
 
 
+def sketch_layers(svg):
+    """The layers the extension inserted."""
+    return [g for g in svg.iter("{http://www.w3.org/2000/svg}g")
+            if g.get("{http://www.inkscape.org/namespaces/inkscape}groupmode") == "layer"
+            and (g.get("id") or "").startswith("clipasso-layer-")]
+
+
 # ---------------------------------------------------------------------------------------------------
 
 def test_sketch_layer_lies_on_the_image(installed):
@@ -197,9 +205,7 @@ def test_sketch_layer_lies_on_the_image(installed):
     assert not processes_with_marker(marker, "clipasso_engine")
 
     svg = inkex.load_svg(str(paths["output"])).getroot()
-    layers = [g for g in svg.iter("{http://www.w3.org/2000/svg}g")
-              if g.get("{http://www.inkscape.org/namespaces/inkscape}groupmode") == "layer"
-              and (g.get("id") or "").startswith("clipasso-layer-")]
+    layers = sketch_layers(svg)
     assert len(layers) == 1, diagnostics(paths)
     layer = layers[0]
     assert layer.getparent() is svg   # a top-level layer, right after the photo's layer
@@ -302,5 +308,31 @@ def test_killing_inkscape_mid_run_leaves_no_engine_behind(installed):
         assert not processes_with_marker(marker, "clipasso_sketch.py")
         assert paths["document"].read_text() == document_text()
         assert not paths["output"].exists()
+    finally:
+        kill_leftovers(marker)
+
+
+def test_keep_current_sketch_inserts_the_layer(installed):
+    """Keep current sketch, mid-run: the progress window's button writes the wire's finish command to
+    the engine's stdin; here the test writes the same line into that very pipe (/proc/PID/fd/0), as no
+    click reaches a GTK window under Xvfb without extra tools. The engine stops early with its best
+    strokes, and the extension inserts them as usual: one layer, every stroke, the photo untouched."""
+    import inkex
+    from clipasso_engine import wire
+    process, paths, marker = start_long_run(installed, "keep")
+    try:
+        engine = min(processes_with_marker(marker, "clipasso_engine", "sketch"))  # the first one started
+        with open(f"/proc/{engine}/fd/0", "w", encoding="utf-8") as engine_stdin:
+            engine_stdin.write(wire.command(wire.FINISH))
+        process.wait(timeout=180)
+        assert paths["output"].exists(), diagnostics(paths)
+        assert wait_for(lambda: not processes_with_marker(marker, "clipasso_engine"), timeout=30)
+        svg = inkex.load_svg(str(paths["output"])).getroot()
+        layers = sketch_layers(svg)
+        assert len(layers) == 1, diagnostics(paths)
+        assert len(list(layers[0].iter("{http://www.w3.org/2000/svg}path"))) == STROKES
+        image = svg.getElementById("img1")
+        assert image is not None and float(image.get("width")) == IMAGE_XYWH[2]
+        assert paths["document"].read_text() == document_text()
     finally:
         kill_leftovers(marker)
