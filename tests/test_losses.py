@@ -92,3 +92,41 @@ def test_augment_is_joint_and_differentiable():
     assert out.shape == (2, 3, 224, 224)
     out[0].sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_views_in_chunks_give_the_same_loss_and_gradient_as_all_at_once(rn101_visual):
+    """clip_chunk trades memory for nothing: the gradient of a sum is the sum of the chunks' gradients."""
+    targets = _images(2, 21)
+    sketches = _images(3, 22)
+    index = torch.tensor([0, 1, 1])
+    whole = CLIPLoss(rn101_visual, targets, make_config(num_augs=3, clip_chunk=0))
+    x = sketches.clone().requires_grad_(True)
+    expected = whole(x, torch.Generator().manual_seed(5), index)
+    expected.sum().backward()
+    chunked = CLIPLoss(rn101_visual, targets, make_config(num_augs=3, clip_chunk=3))   # one view at a time
+    got, grad = chunked.value_and_grad(sketches, torch.Generator().manual_seed(5), index)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-4, atol=1e-6)
+    assert (grad - x.grad).norm() / x.grad.norm() < 1e-4      # float rounding only (batch-size dependent)
+
+
+def test_augmentation_pool_reuses_fixed_transforms_and_their_target_views(rn101_visual):
+    targets = _images(1, 23)
+    config = make_config(num_augs=2, augment_pool=4, num_iterations=100)
+    loss = CLIPLoss(rn101_visual, targets, config)
+    assert len(loss.pool) == len(loss.pool_targets) == 4
+    seen = set()
+    for seed in range(20):
+        views = loss.views(torch.Generator().manual_seed(seed))
+        assert views[0][0] is None and len(views) == 3
+        picked = [loss.pool.index(t) for t, _ in views[1:]]
+        assert len(set(picked)) == 2   # two different transforms per iteration
+        seen.update(picked)
+    assert seen == {0, 1, 2, 3}
+    # a pooled target view is exactly the target under that transform
+    transform, feats = views[1]
+    fresh = loss._target_views([transform])[0]
+    for a, b in zip(feats, fresh):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the pool does not depend on the run's length (a run kept at k = the run of k iterations)
+    short = CLIPLoss(rn101_visual, targets, config.replace(num_iterations=1))
+    assert short.pool == loss.pool

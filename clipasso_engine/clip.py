@@ -1,0 +1,54 @@
+"""Everything CLIP-specific the loop touches, in one place: the input normalisation, the ResNet's
+intermediate features (the open_clip ModifiedResNet internals the loss reads) and the precision CLIP
+runs in on each device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .config import CLIP_MEAN, CLIP_STD
+
+
+def clip_normalize(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB -> CLIP's input normalisation (the one place it is written)."""
+    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def resnet_features(visual, x: torch.Tensor, need_embedding: bool = True):
+    """CLIP ModifiedResNet forward returning (layer2, layer3, attention-pool embedding or None).
+
+    Written out (open_clip's `stem`, `layer1..4`, `attnpool`) rather than hooked, so that nothing past
+    layer3 runs when the embedding is not needed. open_clip 3.3's forward_intermediates has its
+    stop_early flag inverted (STACK.md), which is why it is not used.
+    """
+    x = visual.stem(x.to(visual.conv1.weight.dtype))
+    x = visual.layer1(x)
+    layer2 = visual.layer2(x)
+    layer3 = visual.layer3(layer2)
+    embedding = visual.attnpool(visual.layer4(layer3)) if need_embedding else None
+    return layer2, layer3, embedding
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The reduced precision CLIP runs in, or None for fp32.
+
+    auto: fp16 on CUDA (what the reference runs), bf16 on CUDA only when asked; fp32 on the CPU,
+    where bf16 is 3-6x slower here (STACK.md) and fp16 is not supported by autocast at all."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16
+
+
+def autocast(device: torch.device, precision: str):
+    """A context in which CLIP's forward runs at the device's chosen precision (no-op for fp32)."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
