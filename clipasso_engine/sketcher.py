@@ -1,11 +1,17 @@
-"""The CLIPasso optimisation loop: image in, N cubic strokes out.
+"""The CLIPasso optimisation: images in, cubic strokes out, read top to bottom as five steps.
 
-    load image -> (mask background) -> saliency init per seed -> Adam on control points:
-        render all seeds at once -> CLIP loss over seeds x views -> step
-        every `eval_every` iterations: clean-view loss per seed, keep each seed's best iterate
-    -> best seed -> strokes ordered by importance -> Sketch
+    prepare       device, rasterizer and models, resolved once (a Runtime; reusable across runs)
+    load_targets  each image onto the canvas (+ background removal when asked)
+    init_points   per level, per image, per seed: saliency-sampled start strokes
+    optimise      Adam on all control points at once: render -> CLIP loss -> step; every `eval_every`
+                  iterations the clean-view loss goes to a BestOfSeeds tracker (and a preview goes out)
+    finish        per job (image x level): the best seed, strokes ordered by importance -> Sketch
 
-All seeds are one batch of shape (seeds, strokes, 4, 2): one render call and one CLIP call per iteration.
+One run optimises every image x level x seed in ONE batch: per level a points tensor of shape
+(images * seeds, strokes, 4, 2); the levels render to the same canvas, so one CLIP call per
+iteration serves them all. Each sketch still is its own CLIPasso optimisation: its own start strokes,
+its own Adam moments, its own loss against its own image; the augmentations are drawn once per
+iteration and shared, so a sketch comes out the same batched or alone (up to float rounding).
 """
 
 from __future__ import annotations
@@ -17,17 +23,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import imageio, models, raster, saliency, svg
-from .config import Config, make_config
+from . import imageio, models, raster, saliency, svg, wire
+from .config import Config, check_knobs, make_config
 from .errors import Cancelled, EngineError
 from .losses import CLIPLoss
 
-ProgressCallback = Callable[[dict], None]
+ProgressCallback = Callable[[dict], object]   # may return "finish" to keep the best so far
 
 
 @dataclass
 class Sketch:
-    """The result: control points in canvas pixels (most important stroke first) and how to place them."""
+    """One job's result: control points in canvas pixels (most important stroke first) and how to place them."""
 
     points: np.ndarray                  # (N, 4, 2) float, canvas px, x right, y down
     stroke_width: float                 # full line width in canvas px (3.0 for CLIPasso's half-width 1.5)
@@ -39,12 +45,15 @@ class Sketch:
     seed_losses: dict = field(default_factory=dict)    # seed -> its best clean-view loss
     best_iteration: int = 0             # iteration at which the chosen seed was at its best
     importance: list = field(default_factory=list)     # clean-loss rise without each stroke, same order
-    loss_history: list = field(default_factory=list)   # training loss per iteration (mean over seeds)
+    loss_history: list = field(default_factory=list)   # training loss per iteration (mean over this job's seeds)
     eval_history: list = field(default_factory=list)   # (iteration, [clean loss per seed])
-    timings: dict = field(default_factory=dict)        # phase -> seconds
+    timings: dict = field(default_factory=dict)        # phase -> seconds (shared by the jobs of one run)
     device: str = "cpu"
     backend: str = "torch"
     config: Config | None = None
+    name: str = "image"                 # the image's display name
+    iterations: int = 0                 # optimiser steps done (fewer than asked when finished early)
+    finished_early: bool = False        # "Keep current": the best so far, before the last iteration
 
     @property
     def num_strokes(self) -> int:
@@ -71,28 +80,106 @@ class Sketch:
             f.write(self.to_svg(space))
 
 
-# --- devices ----------------------------------------------------------------------------------------
+# --- callbacks --------------------------------------------------------------------------------------
 
-def pick_device(requested: str, notify: ProgressCallback | None = None) -> torch.device:
-    """auto: CUDA, then Apple MPS, then CPU. An unavailable GPU falls back to the CPU with a notice."""
+class Control:
+    """The caller's side of a run: events out, and the two ways to end it early.
+
+    should_stop() -> True cancels (Cancelled); should_finish() -> True, or on_progress returning
+    "finish", keeps the best so far as normal results."""
+
+    def __init__(self, on_progress=None, should_stop=None, should_finish=None):
+        self.on_progress, self.should_stop, self.should_finish = on_progress, should_stop, should_finish
+        self.finish_asked = False
+
+    def emit(self, event: dict) -> None:
+        if self.on_progress is not None and self.on_progress(event) == wire.FINISH:
+            self.finish_asked = True
+
+    def status(self, phase: str, message: str) -> float:
+        self.check_cancel()
+        self.emit(wire.event(wire.STATUS, phase=phase, message=message))
+        return time.perf_counter()
+
+    def check_cancel(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled()
+
+    def finish_requested(self) -> bool:
+        return self.finish_asked or (self.should_finish is not None and bool(self.should_finish()))
+
+
+# --- step 1: prepare --------------------------------------------------------------------------------
+
+@dataclass
+class Runtime:
+    """What a run needs besides the images, resolved once: reuse it for many sketch_many calls."""
+
+    device: torch.device
+    backend: str                        # rasterizer: "torch" or "diffvg"
+    models: dict                        # "RN101", "ViT-B-32" [, "u2net"] -> frozen module on `device`
+    config: Config
+    single_use: bool = False            # True: a run may free the ViT / U^2-Net once the strokes are placed
+
+    def model(self, name: str, config: Config):
+        """A loaded model, loading it now if this runtime does not hold it yet."""
+        if name not in self.models:
+            self.models[name] = (models.load_u2net(config, self.device) if name == "u2net"
+                                 else models.load_clip(name, config, self.device))
+            if name == "RN101" and config.channels_last:
+                self.models[name] = self.models[name].to(memory_format=torch.channels_last)
+        return self.models[name]
+
+
+def resolve_device(requested: str) -> torch.device:
+    """auto: CUDA, then Apple MPS, then the CPU. An explicit device this machine lacks is an error."""
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        _emit(notify, {"event": "notice", "message": "No CUDA GPU is available here; running on the CPU instead (much slower)."})
-        return torch.device("cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = ("this PyTorch was built without CUDA" if torch.version.cuda is None
+                   else "no NVIDIA GPU or driver is usable")
+            raise EngineError("device_unavailable", f"No CUDA GPU here ({why}). Use --device auto or cpu.")
+        index = torch.device(requested).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise EngineError("device_unavailable", f"There is no GPU {requested}: this machine has "
+                                                    f"{torch.cuda.device_count()}. Use --device cuda.")
     if requested == "mps" and not has_mps:
-        _emit(notify, {"event": "notice", "message": "Apple GPU (MPS) is not available here; running on the CPU instead."})
-        return torch.device("cpu")
+        raise EngineError("device_unavailable", "Apple's GPU (MPS) is not available here. Use --device auto or cpu.")
     return torch.device(requested)
 
 
-def _emit(callback: ProgressCallback | None, event: dict) -> None:
-    if callback is not None:
-        callback(event)
+def prepare(config: Config, on_progress: ProgressCallback | None = None, loaded_models: dict | None = None,
+            *, should_stop=None, single_use: bool = False) -> Runtime:
+    """Device, rasterizer and models for `config` (RN101, ViT-B/32 and U^2-Net when masking).
+    loaded_models: a dict of already loaded models to reuse (and fill)."""
+    control = Control(on_progress, should_stop)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    backend = raster.resolve_backend(config.backend)
+    runtime = Runtime(device, backend, {} if loaded_models is None else loaded_models,
+                      config.replace(device=str(device)), single_use)
+    control.status("models", "Loading models")
+    for name in ["RN101", "ViT-B-32"] + (["u2net"] if config.mask_background else []):
+        control.check_cancel()
+        runtime.model(name, config)
+    if config.channels_last:   # also for a caller's own RN101: ~1.1x faster on the CPU, same numbers
+        runtime.models["RN101"] = runtime.models["RN101"].to(memory_format=torch.channels_last)
+    return runtime
 
 
-# --- phases -----------------------------------------------------------------------------------------
+CPU_CLIP_CHUNK = 2   # images per CLIP forward+backward on the CPU: 1.85 -> 1.45 GB peak for one seed (bench_iteration.py)
+
+
+def default_clip_chunk(device: torch.device) -> int:
+    """config.clip_chunk = 0: on the CPU a couple of views at a time (memory is what a laptop lacks, and a CPU
+    gains nothing from larger batches); on a GPU every view at once (0), which is what keeps it busy."""
+    return CPU_CLIP_CHUNK if device.type == "cpu" else 0
+
+
+# --- step 2: the images ----------------------------------------------------------------------------
 
 def background_mask(u2net, target: torch.Tensor, threshold: float) -> torch.Tensor:
     """U^2-Net as the reference uses it: CLIP-normalised input at 320 px, side output d1, min-max, > 0.5.
@@ -109,167 +196,361 @@ def background_mask(u2net, target: torch.Tensor, threshold: float) -> torch.Tens
     return (d1 >= threshold).to(target.dtype)
 
 
-def initial_strokes(distribution: np.ndarray, config: Config) -> torch.Tensor:
-    """(seeds, N, 4, 2): each seed draws its own start points from the same distribution."""
-    return torch.stack([saliency.init_strokes(distribution, config.num_strokes, config, np.random.default_rng(seed))
-                        for seed in config.seeds])
+def load_targets(images, config: Config, runtime: Runtime, names, crops, control: Control) -> list:
+    """Each image as an imageio.LoadedImage on the canvas (already loaded ones pass through)."""
+    loaded = []
+    for i, source in enumerate(images):
+        control.check_cancel()
+        image = source if isinstance(source, imageio.LoadedImage) else \
+            imageio.load_image(source, config, name=names[i], crop=crops[i])
+        if config.mask_background:
+            mask = background_mask(runtime.model("u2net", config), image.target.to(runtime.device), config.mask_threshold)
+            image = imageio.apply_mask(image, mask.cpu())
+        loaded.append(image)
+    return loaded
 
 
-def stroke_importance(points: torch.Tensor, full_loss: float, loss: CLIPLoss, half_width: float, backend: str,
-                      chunk: int = 8) -> torch.Tensor:
+# --- step 3: start strokes -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each sketch sits in the batch: level by level, then image, then seed.
+
+    Row r of level j (points[j][r]) is image r // seeds, seed r % seeds; in the concatenated batch
+    it is row offset(j) + r. A job (wire.py) is one image at one level: job = image * levels + j."""
+
+    num_images: int
+    levels: tuple
+    num_seeds: int
+
+    @property
+    def rows_per_level(self) -> int:
+        return self.num_images * self.num_seeds
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows_per_level * len(self.levels)
+
+    def rows(self, level: int, image: int) -> slice:
+        """The batch rows of one job's seeds."""
+        start = level * self.rows_per_level + image * self.num_seeds
+        return slice(start, start + self.num_seeds)
+
+    def jobs(self):
+        """(job, image, level index) in wire order."""
+        for image in range(self.num_images):
+            for level in range(len(self.levels)):
+                yield image * len(self.levels) + level, image, level
+
+    def target_index(self, device) -> torch.Tensor:
+        """The image each batch row is compared with."""
+        per_level = torch.arange(self.num_images).repeat_interleave(self.num_seeds)
+        return per_level.repeat(len(self.levels)).to(device)
+
+
+def init_points(vit, targets: list, layout: Layout, config: Config, device, control: Control) -> list:
+    """Per level, (images * seeds, strokes, 4, 2) start strokes on `device`.
+
+    Every (image, level, seed) samples from its image's distribution with its own generator
+    default_rng(seed): what the reference does for one image at one level, whatever else is batched."""
+    distributions = []
+    for image in targets:
+        control.check_cancel()
+        distributions.append(saliency.saliency_map(vit, image.target.to(device), config)[0])
+    return [torch.stack([saliency.init_strokes(dist, strokes, config, np.random.default_rng(seed))
+                         for dist in distributions for seed in config.seeds]).to(device)
+            for strokes in layout.levels]
+
+
+# --- step 4: optimise ------------------------------------------------------------------------------
+
+def render_all(points: list, config: Config, backend: str) -> torch.Tensor:
+    """Every level's sketches on the same canvas, concatenated in Layout order: (rows, 3, S, S)."""
+    return torch.cat([raster.render_strokes(p, config.stroke_half_width, config.canvas_size, backend)
+                      for p in points])
+
+
+def optimise_step(points: list, sketches: torch.Tensor, optimizer, loss_fn: CLIPLoss, target_index: torch.Tensor,
+                  generator: torch.Generator, frozen: torch.Tensor | None = None) -> torch.Tensor:
+    """One Adam step on every sketch of the batch; returns the training loss per row (detached).
+
+    The sketches are independent, so the sum's gradient is each sketch's own. `frozen` (rows,) marks
+    sketches that stopped early: their points are put back after the step (Adam's momentum would
+    move them even with a zero gradient)."""
+    per_row, sketch_grad = loss_fn.value_and_grad(sketches, generator, target_index)
+    optimizer.zero_grad(set_to_none=True)
+    sketches.backward(sketch_grad)          # through the rasterizer to the control points
+    if frozen is None or not bool(frozen.any()):
+        optimizer.step()
+        return per_row
+    per_level = frozen.split([p.shape[0] for p in points])
+    kept = [p.detach()[f].clone() for p, f in zip(points, per_level)]
+    optimizer.step()
+    with torch.no_grad():
+        for p, f, k in zip(points, per_level, kept):
+            p[f] = k
+    return per_row
+
+
+class BestOfSeeds:
+    """Per batch row: the best clean-view loss so far, the points that gave it, when, and early stop.
+
+    Early stop is the original code's rule (config.early_stop): a row stops at its second evaluation
+    within tolerance of its best with no real improvement in between; a stopped row is frozen."""
+
+    def __init__(self, points: list, config: Config):
+        rows = sum(p.shape[0] for p in points)
+        self.config = config
+        self.loss = torch.full((rows,), float("inf"))
+        self.points = [p.detach().clone() for p in points]
+        self.iteration = torch.zeros(rows, dtype=torch.long)
+        self.active = torch.ones(rows, dtype=torch.bool)
+        self.near_once = torch.zeros(rows, dtype=torch.bool)
+        self.history = []                        # (iteration, clean loss per row)
+
+    def update(self, iteration: int, clean: torch.Tensor, points: list) -> None:
+        """clean: (rows,) clean-view loss of `points` at `iteration` (CPU)."""
+        self.history.append((iteration, clean.tolist()))
+        better = (clean < self.loss) & self.active
+        near = ((clean - self.loss).abs() <= self.config.early_stop_tolerance) & self.active
+        offset = 0
+        for best, current in zip(self.points, points):
+            rows = slice(offset, offset + best.shape[0])
+            take = better[rows].to(best.device)
+            best[take] = current.detach()[take]
+            offset += best.shape[0]
+        self.iteration[better] = iteration
+        self.loss[better] = clean[better]
+        if self.config.early_stop:
+            self.active &= ~(near & self.near_once)
+            self.near_once[near] = True
+            self.near_once[better & ~near] = False
+
+    def leader(self, rows: slice) -> int:
+        """The batch row of the seed with the lowest best loss among `rows` (a job's seeds)."""
+        return rows.start + int(torch.argmin(self.loss[rows]))
+
+    def best_points(self, layout: Layout, row: int) -> torch.Tensor:
+        level, r = divmod(row, layout.rows_per_level)
+        return self.points[level][r]
+
+
+@dataclass
+class Optimised:
+    tracker: BestOfSeeds
+    loss_log: torch.Tensor                # (iterations, rows) training loss
+    iterations: int                       # steps done
+    finished_early: bool
+
+
+def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime,
+             control: Control) -> Optimised:
+    """Adam on every sketch at once until the last iteration, early stop of every row, or finish."""
+    device, total = runtime.device, config.num_iterations
+    target_index = layout.target_index(device)
+    for p in points:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(points, lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps)
+    generator = torch.Generator().manual_seed(config.seed)  # augmentations: drawn on the CPU, same on any device
+    tracker = BestOfSeeds(points, config)
+    loss_log, last_loss, last_preview = [], float("nan"), -float("inf")
+    fetch_every_step = device.type == "cpu"   # on a GPU, reading a number waits for it: only at evaluations
+    t_loop = time.perf_counter()
+
+    def evaluate(iteration: int, sketches: torch.Tensor) -> None:
+        nonlocal last_preview
+        tracker.update(iteration, loss_fn.clean(sketches.detach(), target_index).float().cpu(), points)
+        if time.perf_counter() - last_preview >= wire.PREVIEW_INTERVAL_S:
+            last_preview = time.perf_counter()
+            control.emit(preview_event(tracker, layout, loaded, config, iteration))
+
+    finished_early, evaluated_at = False, -1
+    for iteration in range(total):
+        control.check_cancel()
+        if control.finish_requested():
+            finished_early = True
+            break
+        sketches = render_all(points, config, runtime.backend)
+        if iteration % config.eval_every == 0:
+            evaluate(iteration, sketches)
+            evaluated_at = iteration
+            if not tracker.active.any():
+                break
+        frozen = None if tracker.active.all() else ~tracker.active.to(device)
+        per_row = optimise_step(points, sketches, optimizer, loss_fn, target_index, generator, frozen)
+        loss_log.append(per_row)
+        if fetch_every_step or iteration == 0 or (iteration + 1) % config.eval_every == 0:
+            last_loss = float(per_row.mean())
+        done = iteration + 1
+        elapsed = time.perf_counter() - t_loop
+        control.emit(wire.event(wire.PROGRESS, iteration=done, total=total, loss=last_loss,
+                                best_loss=job_best_mean(tracker, layout), elapsed=elapsed,
+                                eta=elapsed / done * (total - done), per_iteration=elapsed / done))
+    steps = len(loss_log)
+    if evaluated_at != steps:     # the final iterate gets its evaluation too (the reference's iteration 2000)
+        with torch.no_grad():
+            evaluate(steps, render_all(points, config, runtime.backend))
+    log = torch.stack(loss_log).float().cpu() if loss_log else torch.zeros(0, layout.num_rows)
+    return Optimised(tracker, log, steps, finished_early)
+
+
+def job_best_mean(tracker: BestOfSeeds, layout: Layout) -> float:
+    """The progress bar's 'best clean-view loss': each job's best seed, averaged over the jobs."""
+    return float(np.mean([float(tracker.loss[layout.rows(level, image)].min()) for _, image, level in layout.jobs()]))
+
+
+def preview_event(tracker: BestOfSeeds, layout: Layout, loaded: list, config: Config, iteration: int) -> dict:
+    """Each job's leading seed: its best strokes so far in canvas px (sampling order, not importance)."""
+    sketches = []
+    for job, image, level in layout.jobs():
+        row = tracker.leader(layout.rows(level, image))
+        sketches.append(dict(job=job, image=image, strokes=layout.levels[level],
+                             points=np.round(tracker.best_points(layout, row).cpu().numpy().astype(np.float64), 3).tolist(),
+                             loss=float(tracker.loss[row]), canvas=[config.canvas_size] * 2,
+                             image_size=list(loaded[image].image_size),
+                             canvas_to_image=[float(v) for v in loaded[image].canvas_to_image]))
+    return wire.event(wire.PREVIEW, iteration=iteration, total=config.num_iterations, sketches=sketches)
+
+
+# --- step 5: the results ---------------------------------------------------------------------------
+
+def stroke_importance(points: torch.Tensor, full_loss: float, loss_fn: CLIPLoss, image: int, config: Config,
+                      backend: str, chunk: int = 8) -> torch.Tensor:
     """How much the clean-view loss rises when each stroke is left out (N,), for one sketch (N, 4, 2)
-    whose clean-view loss with all strokes is `full_loss` (already known from its evaluation)."""
+    of image `image` whose clean-view loss with all strokes is `full_loss` (known from its evaluation)."""
     n = points.shape[0]
     if n == 1:
         return torch.zeros(1)
     keep = torch.tensor([[j for j in range(n) if j != k] for k in range(n)], device=points.device)
     without = points[keep]                                         # (N, N-1, 4, 2)
-    rises = [loss.clean(raster.render_strokes(without[i:i + chunk], half_width, loss.target.shape[-1], backend)) - full_loss
-             for i in range(0, n, chunk)]
+    rises = []
+    for i in range(0, n, chunk):
+        rendered = raster.render_strokes(without[i:i + chunk], config.stroke_half_width, config.canvas_size, backend)
+        index = torch.full((rendered.shape[0],), image, device=points.device)
+        rises.append(loss_fn.clean(rendered, index).float().cpu() - full_loss)
     return torch.cat(rises)
 
 
-# --- the loop ---------------------------------------------------------------------------------------
+def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime) -> list:
+    """result[image][level]: each job's best seed, strokes most important first."""
+    tracker = run.tracker
+    results = [[None] * len(layout.levels) for _ in range(layout.num_images)]
+    for _, image, level in layout.jobs():
+        rows = layout.rows(level, image)
+        row = tracker.leader(rows)
+        chosen = tracker.best_points(layout, row)
+        with torch.no_grad():
+            importance = stroke_importance(chosen, float(tracker.loss[row]), loss_fn, image, config, runtime.backend)
+        order = torch.argsort(importance, descending=True, stable=True)
+        results[image][level] = Sketch(
+            points=chosen.cpu()[order].numpy().astype(np.float64),
+            stroke_width=config.stroke_width,
+            canvas_size=config.canvas_size,
+            image_size=tuple(loaded[image].image_size),
+            canvas_to_image=tuple(float(v) for v in loaded[image].canvas_to_image),
+            loss=float(tracker.loss[row]),
+            seed=config.seeds[row - rows.start],
+            seed_losses={s: float(v) for s, v in zip(config.seeds, tracker.loss[rows])},
+            best_iteration=int(tracker.iteration[row]),
+            importance=importance[order].tolist(),
+            loss_history=run.loss_log[:, rows].mean(dim=1).tolist(),
+            eval_history=[(it, clean[rows]) for it, clean in tracker.history],
+            device=str(runtime.device),
+            backend=runtime.backend,
+            config=config.replace(num_strokes=layout.levels[level]),
+            name=loaded[image].name,
+            iterations=run.iterations,
+            finished_early=run.finished_early,
+        )
+    return results
+
+
+# --- the entry points ------------------------------------------------------------------------------
+
+def sketch_many(images, config: Config | None = None, levels=None, *, runtime: Runtime | None = None,
+                names=None, crops=None, on_progress: ProgressCallback | None = None,
+                should_stop: Callable[[], bool] | None = None, should_finish: Callable[[], bool] | None = None,
+                loaded_models: dict | None = None) -> list:
+    """Draw every image at every stroke count in `levels` in one batched run; returns result[i][j].
+
+    images: paths, bytes, PIL images, arrays or imageio.LoadedImage. levels: stroke counts (default
+    [config.num_strokes]). names / crops: per image, display name and (left, top, right, bottom)
+    rectangle to draw (None = whole image). runtime: from prepare(), to reuse loaded models.
+    on_progress receives wire events (status, notice, progress, preview) and may return "finish";
+    should_stop() -> True raises Cancelled; should_finish() -> True keeps the best so far.
+    """
+    config = (config or make_config()).validate()
+    images = list(images)
+    levels = tuple(int(n) for n in (levels or [config.num_strokes]))
+    for n in levels:
+        config.replace(num_strokes=n).validate()
+    names = list(names or [None] * len(images))
+    crops = list(crops or [None] * len(images))
+    if not images:
+        return []
+    control = Control(on_progress, should_stop, should_finish)
+    timings, t_start = {}, time.perf_counter()
+
+    t = time.perf_counter()
+    if runtime is None:
+        runtime = prepare(config, on_progress, loaded_models, should_stop=should_stop,
+                          single_use=loaded_models is None)
+    config = config.replace(device=str(runtime.device), clip_chunk=config.clip_chunk or default_clip_chunk(runtime.device))
+    timings["models"] = time.perf_counter() - t
+    try:
+        t = control.status("image", "Reading the image" if len(images) == 1 else f"Reading {len(images)} images")
+        loaded = load_targets(images, config, runtime, names, crops, control)
+        timings["image"] = time.perf_counter() - t
+
+        t = control.status("init", "Placing the first strokes")
+        layout = Layout(len(loaded), levels, config.num_seeds)
+        points = init_points(runtime.model("ViT-B-32", config), loaded, layout, config, runtime.device, control)
+        if runtime.single_use:   # the ViT (~350 MB) and U^2-Net are done: free them before the loop
+            runtime.models.pop("ViT-B-32", None)
+            runtime.models.pop("u2net", None)
+        timings["init"] = time.perf_counter() - t
+
+        t = control.status("optimise", "Drawing")
+        targets = torch.cat([image.target for image in loaded]).to(runtime.device)
+        loss_fn = CLIPLoss(runtime.model("RN101", config), targets, config)
+        run = optimise(points, loss_fn, layout, loaded, config, runtime, control)
+        timings["optimise"] = time.perf_counter() - t
+        timings["per_iteration"] = timings["optimise"] / max(1, run.iterations)
+
+        t = control.status("order", "Ordering strokes by importance")
+        results = finish(run, loss_fn, layout, loaded, config, runtime)
+        timings["order"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        for result in (r for row in results for r in row):
+            result.timings = dict(timings)
+        return results
+    except Exception as exc:   # noqa: BLE001  out of memory gets its code; everything else passes through
+        if _is_out_of_memory(exc):
+            raise EngineError("out_of_memory", f"The {runtime.device.type.upper()} ran out of memory drawing "
+                                               f"{len(images)} image(s) x {len(levels)} level(s) x "
+                                               f"{config.num_seeds} seed(s): use fewer seeds, levels or images "
+                                               "at once, or --device cpu.") from exc
+        raise
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in str(exc) or "can't allocate memory" in str(exc))
+
 
 def sketch(image, config: Config | None = None, *, on_progress: ProgressCallback | None = None,
-           should_stop: Callable[[], bool] | None = None, loaded_models: dict | None = None,
-           **overrides) -> Sketch:
-    """Draw `image` (path, bytes, PIL image or array) as config.num_strokes cubic strokes.
+           should_stop: Callable[[], bool] | None = None, should_finish: Callable[[], bool] | None = None,
+           loaded_models: dict | None = None, runtime: Runtime | None = None, name: str | None = None,
+           crop=None, **overrides) -> Sketch:
+    """Draw one image (path, bytes, PIL image or array) as config.num_strokes cubic strokes.
 
-    on_progress receives dicts: {"event": "status"|"notice"|"progress", ...} (see DESIGN.md's wire).
-    should_stop() is polled between iterations; when it returns True the run raises Cancelled.
-    loaded_models: {"RN101": visual, "ViT-B-32": visual, "u2net": net} to reuse models across calls.
-    Overrides are Config fields (e.g. num_strokes=8), applied on top of `config` or the paper preset.
-    """
-    config = (config or make_config()).replace(**{k: v for k, v in overrides.items() if v is not None}).validate()
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
-
-    def check_cancel():
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-
-    def phase(name: str, message: str):
-        check_cancel()
-        _emit(on_progress, {"event": "status", "phase": name, "message": message})
-        return time.perf_counter()
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = pick_device(config.device, on_progress)
-    backend = raster.resolve_backend(config.backend)
-
-    t = phase("image", "Reading the image")
-    loaded = imageio.load_image(image, config)
-    timings["image"] = time.perf_counter() - t
-
-    t = phase("models", "Loading models")
-    cache = {} if loaded_models is None else loaded_models
-    names = ["RN101", "ViT-B-32"] + (["u2net"] if config.mask_background else [])
-    for name in names:
-        if name not in cache:
-            check_cancel()
-            cache[name] = models.load_u2net(config, device) if name == "u2net" else models.load_clip(name, config, device)
-    rn101, vit = cache["RN101"], cache["ViT-B-32"]
-    if config.channels_last:
-        rn101 = rn101.to(memory_format=torch.channels_last)
-    timings["models"] = time.perf_counter() - t
-
-    target = loaded.target.to(device)
-    if config.mask_background:
-        t = phase("mask", "Removing the background")
-        loaded = imageio.apply_mask(loaded, background_mask(cache["u2net"], target, config.mask_threshold).cpu())
-        target = loaded.target.to(device)
-        timings["mask"] = time.perf_counter() - t
-
-    t = phase("init", "Placing the first strokes")
-    distribution, _, _ = saliency.saliency_map(vit, target, config)
-    points = initial_strokes(distribution, config).to(device)
-    if loaded_models is None:  # the ViT (~350 MB) and U^2-Net are done: free them before the loop
-        del vit, cache["ViT-B-32"]
-        cache.pop("u2net", None)
-    timings["init"] = time.perf_counter() - t
-
-    t = phase("optimise", "Drawing")
-    loss_fn = CLIPLoss(rn101, target, config)
-    points.requires_grad_(True)
-    optimizer = torch.optim.Adam([points], lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps)
-    generator = torch.Generator().manual_seed(config.seed)  # augmentations: drawn on the CPU, same on any device
-    num_seeds = points.shape[0]
-    best_loss = torch.full((num_seeds,), float("inf"))
-    best_points = points.detach().clone()
-    best_iteration = torch.zeros(num_seeds, dtype=torch.long)
-    active = torch.ones(num_seeds, dtype=torch.bool)        # early stop (original code) freezes a seed
-    near_best_once = torch.zeros(num_seeds, dtype=torch.bool)
-    loss_history, eval_history = [], []
-    t_loop = time.perf_counter()
-
-    def evaluate(iteration: int, sketches: torch.Tensor, current: torch.Tensor):
-        clean = loss_fn.clean(sketches.detach()).cpu()
-        eval_history.append((iteration, clean.tolist()))
-        near = (clean - best_loss).abs() <= config.early_stop_tolerance
-        better = clean < best_loss
-        on_device = better.to(current.device)
-        best_points[on_device] = current.detach()[on_device]
-        best_iteration[better] = iteration
-        best_loss[better] = clean[better]
-        if config.early_stop:  # original code: the 2nd eval within tolerance of the best, no real gain between
-            active[near & near_best_once] = False
-            near_best_once[near] = True
-            near_best_once[better & ~near] = False
-
-    iteration = 0
-    for iteration in range(config.num_iterations):
-        check_cancel()
-        sketches = raster.render_strokes(points, config.stroke_half_width, config.canvas_size, backend)
-        if iteration % config.eval_every == 0:
-            evaluate(iteration, sketches, points)
-            if not active.any():
-                break
-        per_seed = loss_fn(sketches, generator)
-        optimizer.zero_grad(set_to_none=True)
-        per_seed.sum().backward()                               # seeds are independent: sum = separate grads
-        if not active.all():
-            points.grad[~active.to(points.device)] = 0
-        optimizer.step()
-        loss_history.append(float(per_seed.detach().mean()))
-        elapsed = time.perf_counter() - t_loop
-        done = iteration + 1
-        _emit(on_progress, {"event": "progress", "iteration": done, "total": config.num_iterations,
-                            "loss": loss_history[-1], "best_loss": float(best_loss.min()),
-                            "elapsed": elapsed, "eta": elapsed / done * (config.num_iterations - done)})
-    else:
-        with torch.no_grad():   # the final iterate gets its evaluation too (the reference's iteration 2000)
-            evaluate(config.num_iterations,
-                     raster.render_strokes(points, config.stroke_half_width, config.canvas_size, backend), points)
-    timings["optimise"] = time.perf_counter() - t
-    timings["per_iteration"] = timings["optimise"] / max(1, len(loss_history))
-
-    t = phase("order", "Ordering strokes by importance")
-    winner = int(torch.argmin(best_loss))
-    chosen = best_points[winner]
-    with torch.no_grad():
-        importance = stroke_importance(chosen, float(best_loss[winner]), loss_fn, config.stroke_half_width,
-                                       backend).cpu()
-    order = torch.argsort(importance, descending=True, stable=True)
-    timings["order"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_start
-
-    return Sketch(
-        points=chosen.cpu()[order].numpy().astype(np.float64),
-        stroke_width=config.stroke_width,
-        canvas_size=config.canvas_size,
-        image_size=tuple(loaded.image_size),
-        canvas_to_image=tuple(float(v) for v in loaded.canvas_to_image),
-        loss=float(best_loss[winner]),
-        seed=config.seeds[winner],
-        seed_losses={s: float(v) for s, v in zip(config.seeds, best_loss)},
-        best_iteration=int(best_iteration[winner]),
-        importance=importance[order].tolist(),
-        loss_history=loss_history,
-        eval_history=eval_history,
-        timings=timings,
-        device=str(device),
-        backend=backend,
-        config=config,
-    )
+    Overrides are Config fields (e.g. num_strokes=8), applied on top of `config` or the paper preset;
+    an unknown one is a bad_argument error. See sketch_many for the rest."""
+    check_knobs(overrides)
+    config = (config or make_config()).replace(**{k: v for k, v in overrides.items() if v is not None})
+    return sketch_many([image], config, [config.num_strokes], runtime=runtime, names=[name], crops=[crop],
+                       on_progress=on_progress, should_stop=should_stop, should_finish=should_finish,
+                       loaded_models=loaded_models)[0][0]
