@@ -219,28 +219,21 @@ def _available_ram() -> float:
 # --- drawing one chunk ------------------------------------------------------------------------------
 
 def _prepare(config, notify):
-    """Models loaded once: the engine's Runtime (sketcher.prepare), or a models dict on older engines."""
+    """Models loaded once per worker (and again on the CPU after a CUDA out-of-memory); only its
+    notices reach the batch's own reporting (its status lines would come before batch_start)."""
     from . import sketcher
-    if hasattr(sketcher, "prepare"):
-        return sketcher.prepare(config, on_progress=notify)
-    return {"models": {}, "device": sketcher.pick_device(config.device, notify)}
+    return sketcher.prepare(config, on_progress=lambda event: notify(event) if event["event"] == wire.NOTICE else None)
 
 
 def _runtime_device(runtime) -> str:
-    return str(runtime["device"] if isinstance(runtime, dict) else runtime.device)
+    return str(runtime.device)
 
 
-def _sketch_chunk(runtime, loaded, paths, names, config, levels, on_progress, should_stop):
-    """result[i][j] for images i x levels j, in one sketch_many batch when the engine has it."""
+def _sketch_chunk(runtime, loaded, names, config, levels, on_progress, should_stop):
+    """result[i][j] for images i x levels j, in one sketch_many batch."""
     from . import sketcher
-    if hasattr(sketcher, "sketch_many") and not isinstance(runtime, dict):
-        return sketcher.sketch_many(loaded, config, levels, runtime=runtime, names=names,
-                                    on_progress=on_progress, should_stop=should_stop)
-    # Older engine without sketch_many: one run per (image, level), models still loaded once.
-    cfg = config.replace(device=_runtime_device(runtime))
-    return [[sketcher.sketch(str(path), cfg.replace(num_strokes=level), on_progress=on_progress,
-                             should_stop=should_stop, loaded_models=runtime["models"]) for level in levels]
-            for path in paths]
+    return sketcher.sketch_many(loaded, config, levels, runtime=runtime, names=names,
+                                on_progress=on_progress, should_stop=should_stop)
 
 
 def _is_oom(exc) -> bool:
@@ -280,7 +273,7 @@ def _draw_loaded(good, config, levels, runtime, notify, should_stop, on_progress
     t0 = time.perf_counter()
     names = [n for _, n, _ in good]
     try:
-        results = _sketch_chunk(runtime[0], [g[2] for g in good], [g[0] for g in good], names, config, levels,
+        results = _sketch_chunk(runtime[0], [g[2] for g in good], names, config, levels,
                                 on_progress, should_stop)
     except Cancelled:
         raise
@@ -316,9 +309,9 @@ def _draw_loaded(good, config, levels, runtime, notify, should_stop, on_progress
             out.append((name, level, result, {
                 "name": name, "input": str(path), "strokes": level, "status": "ok",
                 "loss": float(result.loss), "seed": int(result.seed),
-                "iterations": int(getattr(result, "iterations", config.num_iterations)),
+                "iterations": int(result.iterations),
                 "seconds": round(seconds, 3), "device": str(result.device),
-                "finished_early": bool(getattr(result, "finished_early", False)), "error": None}))
+                "finished_early": bool(result.finished_early), "error": None}))
     return out
 
 

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help=f"first seed; the others are +1000, +2000, ... (default: {make_config().seed})")
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N or mps; auto uses a GPU when there is one, else the CPU "
-                        "(with a notice); an explicit device that is missing is an error (device_unavailable)")
+                        "(the first status line says which); an explicit device that is missing is an error (device_unavailable)")
     s.add_argument("--backend", default="auto", choices=["auto", "torch", "diffvg"], help="rasterizer")
     s.add_argument("--mask-background", action="store_true", help="remove the background with U^2-Net first (default: off)")
     s.add_argument("--stretch", action="store_true",
@@ -286,16 +286,26 @@ class CancelWatch:
             threading.Thread(target=self._hard_exit_later, daemon=True).start()
 
     def _read_commands(self) -> None:
+        # os.read on the descriptor, not sys.stdin: a daemon thread blocked inside the buffered reader
+        # holds its lock, and interpreter shutdown then aborts ("_enter_buffered_busy", exit -6).
+        pending = b""
         try:
-            for line in iter(sys.stdin.buffer.readline, b""):
-                name = wire.parse_command(line)
-                if name == wire.FINISH:
-                    self.finish()
-                elif name == wire.CANCEL:
-                    self.cancel("Cancelled.")
-        except (OSError, ValueError):
+            fd = sys.stdin.fileno()
+            while chunk := os.read(fd, 4096):
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._command(line)
+            self._command(pending)   # a last line without its newline
+        except (OSError, ValueError, AttributeError):
             pass
         self.cancel("Cancelled (the caller closed the engine's input).")  # EOF: the caller went away
+
+    def _command(self, line: bytes) -> None:
+        name = wire.parse_command(line)
+        if name == wire.FINISH:
+            self.finish()
+        elif name == wire.CANCEL:
+            self.cancel("Cancelled.")
 
     def _watch_parent(self) -> None:
         while not self.finished.is_set():
@@ -427,7 +437,7 @@ def run_sketch(args, report: Reporter) -> int:
         report(wire.event(wire.STATUS, phase="plan",
                           message=plan_message(config, len(jobs), _expected_device(config.device))))
         from . import raster, sketcher
-        runtime = sketcher.prepare(config, on_progress=report)
+        runtime = sketcher.prepare(config, on_progress=report, should_stop=watch.cancelled.is_set, single_use=True)
         if watch.cancelled.is_set():
             raise Cancelled(watch.reason)
         config = runtime.config
@@ -452,14 +462,14 @@ def run_sketch(args, report: Reporter) -> int:
             result = results[job["image"]][levels.index(job["strokes"])]
             svg_path = outputs[job["job"]]
             result.save(svg_path)
-            finished_early |= bool(getattr(result, "finished_early", False))
+            finished_early |= result.finished_early
             event = wire.event(
                 wire.RESULT, **job, svg=str(svg_path), canvas=[result.canvas_size] * 2,
                 image_size=list(result.image_size), canvas_to_image=list(result.canvas_to_image),
                 stroke_width=result.stroke_width, seed=result.seed, loss=result.loss,
                 points=result.points.round(4).tolist(), importance=list(result.importance),
-                iteration=getattr(result, "iterations", config.num_iterations),
-                finished_early=bool(getattr(result, "finished_early", False)), timings=result.timings)
+                iteration=result.iterations,
+                finished_early=result.finished_early, timings=result.timings)
             if image_outputs:
                 result.save(image_outputs[job["job"]], space="image")
                 event["image_svg"] = str(image_outputs[job["job"]])

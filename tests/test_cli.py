@@ -38,7 +38,7 @@ class FakeEngine:
         monkeypatch.setattr(sketcher, "prepare", self.prepare, raising=False)
         monkeypatch.setattr(sketcher, "sketch_many", self.sketch_many, raising=False)
 
-    def prepare(self, config, on_progress=None, loaded_models=None):
+    def prepare(self, config, on_progress=None, loaded_models=None, **_):
         self.calls.append("prepare")
         on_progress(wire.event(wire.STATUS, phase="models", message="Loading the models."))
         return argparse.Namespace(device="cpu", backend="torch", models={}, config=config)
@@ -205,7 +205,7 @@ def test_ctrl_c_while_models_load_is_cancelled_never_a_broken_file(photos, tmp_p
     garbage = tmp_path / "ViT-B-32.safetensors"
     garbage.write_bytes(b"\0" * 64)
 
-    def prepare(config, on_progress=None, loaded_models=None):
+    def prepare(config, on_progress=None, loaded_models=None, **_):
         os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C lands while a weights file is being read...
         time.sleep(0.1)
         models.load_state_dict_file(garbage)  # ...and the reader fails because of it
