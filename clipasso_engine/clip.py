@@ -52,3 +52,26 @@ def autocast(device: torch.device, precision: str):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Fold every eval-mode BatchNorm2d into the Conv2d registered just before it (in place).
+
+    conv -> BN(running stats) is one affine map per channel, so the conv's weight is scaled and it
+    gets the shift as a bias: the same function up to float rounding, with one pass less per layer
+    each way and one saved activation less for the backward (RN101: ~100 BatchNorms). Only for a
+    frozen model in eval mode; the BN becomes an Identity."""
+    for parent in module.modules():
+        children = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d)):
+                continue
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            conv.bias = torch.nn.Parameter(bias, requires_grad=False)
+            setattr(parent, bn_name, torch.nn.Identity().train(bn.training))
+    return module

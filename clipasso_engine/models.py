@@ -405,7 +405,11 @@ def load_clip(name: str, config, device="cpu") -> torch.nn.Module:
         state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     visual = build_clip_visual(name)
     _load_strict(visual, state, path, f"CLIP {name} image-tower")
-    return _frozen(visual, device)
+    visual = _frozen(visual, device)
+    if name == "RN101":   # the loss model: BatchNorm folded into its convolutions (faster, less memory)
+        from .clip import fold_batchnorm
+        fold_batchnorm(visual)
+    return visual
 
 
 def _load_u2net_file(path: Path) -> torch.nn.Module:

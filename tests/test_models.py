@@ -71,7 +71,8 @@ def check_clip_visual(name, visual, weights_file):
     from safetensors.torch import load_file
     assert_frozen_eval_fp32(visual)
     stored = load_file(str(weights_file))
-    key = "conv1.weight"   # both towers have one; the loaded values are the file's, upcast
+    # a weight no folding touches (RN101's convolutions hold their BatchNorm once loaded), upcast
+    key = "attnpool.c_proj.weight" if name == "RN101" else "conv1.weight"
     assert torch.equal(visual.state_dict()[key], stored["visual." + key].float())
     images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -403,3 +404,18 @@ def test_offline_download_models_is_weights_missing():
     with pytest.raises(EngineError) as caught:
         models.download_models(make_config("fast"), names=["ViT-B-32"])
     assert caught.value.code == "weights_missing" and "HF_HUB_OFFLINE" in caught.value.message
+
+
+def test_rn101_is_loaded_with_batchnorm_folded_and_computes_the_same(models_dir):
+    """load_clip folds RN101's ~100 BatchNorms into its convolutions: same features, fewer layers."""
+    from clipasso_engine.clip import clip_normalize, resnet_features
+    folded = models.load_clip("RN101", make_config(models_dir=str(models_dir)), "cpu")
+    plain = models.build_clip_visual("RN101").eval()
+    state = models.load_state_dict_file(models_dir / "RN101.safetensors")
+    plain.load_state_dict({k[len("visual."):]: v.float() for k, v in state.items()})
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) > 90
+    x = clip_normalize(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        for a, b in zip(resnet_features(folded, x), resnet_features(plain, x)):
+            assert (a - b).norm() / b.norm() < 1e-5
