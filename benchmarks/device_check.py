@@ -19,26 +19,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def parity(config, device, rows):
+    """The engine's loss (rasterizer + CLIPLoss, clean view) and its gradient on the CPU in fp32 against
+    the device in fp32 and at the engine's precision there (fp16 autocast on CUDA)."""
     import torch
     from clipasso_engine import models, raster
-    from clipasso_engine.imageio import clip_normalize
+    from clipasso_engine.losses import CLIPLoss
     torch.manual_seed(0)
     points = torch.rand(1, 16, 4, 2) * 224
     target = torch.rand(1, 3, 224, 224)
     results = {}
-    for dev in ("cpu", device):
-        visual = models.load_clip("RN101", config, dev)
+    for dev, precision in (("cpu", "fp32"), (device, "fp32"), (device, "auto")):
+        cfg = config.replace(precision=precision, num_augs=0)
+        visual = models.load_clip("RN101", cfg, dev)
         p = points.to(dev).requires_grad_(True)
-        image = raster.render_strokes(p, 1.5, 224)
-        a = visual(clip_normalize(image))
-        b = visual(clip_normalize(target.to(dev)))
-        loss = 1 - torch.nn.functional.cosine_similarity(a, b).mean()
-        loss.backward()
-        results[dev] = (float(loss.detach()), p.grad.detach().cpu())
+        loss = CLIPLoss(visual, target.to(dev), cfg)(raster.render_strokes(p, 1.5, 224), torch.Generator())
+        loss.sum().backward()
+        results[(dev, precision)] = (float(loss.detach().sum()), p.grad.detach().cpu())
         del visual
-    (l0, g0), (l1, g1) = results["cpu"], results[device]
-    rows.append(("parity: CPU vs " + device + " loss |diff|", f"{abs(l0 - l1):.2e} (loss {l0:.5f})"))
-    rows.append(("parity: gradient relative L2 diff", f"{float((g0 - g1).norm() / g0.norm().clamp_min(1e-12)):.2e}"))
+    l0, g0 = results[("cpu", "fp32")]
+    for precision in ("fp32", "auto"):
+        l1, g1 = results[(device, precision)]
+        name = f"{device} {'fp32' if precision == 'fp32' else 'engine precision (fp16 autocast on CUDA)'}"
+        rows.append((f"parity: CPU fp32 vs {name}: loss |diff|", f"{abs(l0 - l1):.2e} (loss {l0:.5f})"))
+        rows.append((f"parity: CPU fp32 vs {name}: gradient relative L2 diff",
+                     f"{float((g0 - g1).norm() / g0.norm().clamp_min(1e-12)):.2e}"))
 
 
 def timed_draw(paths, config, levels, runtime):

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import CLIP_MEAN, CLIP_STD
 from .errors import EngineError
 
 # Larger images are refused before decoding (a tiny file can claim 100000 x 100000 pixels and eat all
@@ -416,10 +415,3 @@ def invert_matrix(matrix) -> tuple[float, ...]:
     det = a * d - b * c
     ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
     return (ia, ib, ic, id_, -(ia * e + ic * f), -(ib * e + id_ * f))
-
-
-def clip_normalize(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] RGB -> CLIP's input normalisation (the one place it is written)."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - mean) / std

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from .config import Config
-from .imageio import clip_normalize
+from .clip import clip_normalize
 
 GREY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, as the reference uses
 OTSU_BINS = 256                          # skimage.filters.threshold_otsu's default

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from clipasso_engine import models
-from clipasso_engine.imageio import clip_normalize
+from clipasso_engine.clip import clip_normalize
 from clipasso_engine.u2net import U2NET
 
 SEED = 0
