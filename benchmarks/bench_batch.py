@@ -1,12 +1,21 @@
-"""Batch throughput on this machine: sketches per minute for K = 1, 2, 4 images per optimisation batch.
+"""What batching buys on this machine: levels of one image together, and several images together.
 
-Stand-in weights (tests/fake_weights.py), few iterations, fast preset, one level (16 strokes): what is
-measured is the engine's cost per image-iteration, not sketch quality. Models are loaded once (not timed).
-    .venv/bin/python benchmarks/bench_batch.py [--iterations 5] [--ks 1,2,4] [--threads 2]
+    .venv/bin/python benchmarks/bench_batch.py [--iterations 10] [--repeats 3] [--ks 1,2,4] [--threads 2]
+
+Two tables, each measured in one process, median of --repeats after a warm-up, stand-in weights
+(tests/fake_weights.py: the real architectures and file formats, so loading and compute cost the same):
+  levels  "8,16,32" of one image: one batched sketch_many run against three separate runs (what the
+          extension did before: three engine processes, each also loading the models) and against one
+          level alone. Wall time includes saliency and the importance ordering; "per iteration" is the
+          optimisation loop alone, the part that grows with the preset's iterations.
+  images  K = 1, 2, 4 images per batch (clipasso batch --batch-images K): sketches per minute.
+Run it alone: a second busy process makes CPU timings 4-19x slower (STACK.md).
 """
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,19 +38,37 @@ def photos(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def timed(repeats, fn):
+    """(median wall seconds, median loop seconds per iteration) over `repeats` calls after one warm-up.
+    fn() returns one result list per sketch_many run it made."""
+    walls, per_iteration = [], []
+    for i in range(repeats + 1):
+        t = time.perf_counter()
+        runs = fn()
+        wall = time.perf_counter() - t
+        if i:
+            walls.append(wall)
+            per_iteration.append(sum(results[0].timings["per_iteration"] for results in runs))
+    return statistics.median(walls), statistics.median(per_iteration)
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--iterations", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ks", default="1,2,4")
+    parser.add_argument("--levels", default="8,16,32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models-dir", help="real weights folder (default: stand-in weights)")
+    parser.add_argument("--only", choices=["levels", "images"])
     args = parser.parse_args()
     import torch
-    from clipasso_engine import batch
+    from clipasso_engine import sketcher
     from clipasso_engine.config import make_config
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
+    levels = [int(n) for n in args.levels.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models_dir = args.models_dir
@@ -52,21 +79,47 @@ def main():
             make_test_weights(models_dir, names=("RN101", "ViT-B-32"))
         config = make_config("fast", num_iterations=args.iterations, models_dir=str(models_dir), device=args.device)
         paths = photos(tmp, max(ks))
-        runtime = [batch._prepare(config, lambda e: None)]
-        device = batch._runtime_device(runtime[0])
-        rows = []
-        for k in ks:
-            items = [(p, p.stem) for p in paths[:k]]
-            t = time.perf_counter()
-            batch.draw_items(items, config, [16], runtime, lambda e: None)
-            seconds = time.perf_counter() - t
-            rows.append((k, seconds, seconds / (k * args.iterations), 60 * k / seconds))
-    print(f"device {device}, {args.threads} threads, fast preset (1 seed, 1 clean + {config.num_augs} views), "
-          f"16 strokes, {args.iterations} iterations, stand-in weights; time includes saliency and importance")
-    print("| K (images per batch) | wall s | s per image-iteration | sketches per minute at these iterations |")
-    print("|---|---|---|---|")
-    for k, seconds, per, spm in rows:
-        print(f"| {k} | {seconds:.1f} | {per:.2f} | {spm:.1f} |")
+        runtime = sketcher.prepare(config)
+        # what one more engine process costs before it draws: start Python, import, load the models
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import sys; from clipasso_engine import make_config, prepare; "
+                        "prepare(make_config('fast', models_dir=sys.argv[1], device=sys.argv[2]))",
+                        str(models_dir), args.device], check=True, cwd=ROOT)
+        load_s = time.perf_counter() - t
+        print(f"device {runtime.device}, {args.threads} threads, fast preset (1 seed, 1 clean + {config.num_augs} "
+              f"views), {args.iterations} iterations, stand-in weights, median of {args.repeats}; "
+              f"an engine process's start (Python, imports, models): {load_s:.1f} s\n")
+
+        def run(images, lv):
+            return [[r for row in sketcher.sketch_many(images, config, lv, runtime=runtime) for r in row]]
+
+        if args.only in (None, "levels"):
+            middle = levels[len(levels) // 2]
+            one = timed(args.repeats, lambda: run(paths[:1], [middle]))
+            separate = timed(args.repeats, lambda: [run(paths[:1], [n])[0] for n in levels])
+            batched = timed(args.repeats, lambda: run(paths[:1], levels))
+            rows = [(f"{middle} strokes alone", *one),
+                    (f"{','.join(map(str, levels))}: three runs, models loaded once", *separate),
+                    (f"{','.join(map(str, levels))}: three engine processes (+ {len(levels)} starts)",
+                     separate[0] + len(levels) * load_s, separate[1]),
+                    (f"{','.join(map(str, levels))}: one batched run", *batched)]
+            print("| levels of one image | wall s | x one level | loop s per iteration | x one level |")
+            print("|---|---|---|---|---|")
+            for name, wall, per in rows:
+                print(f"| {name} | {wall:.1f} | {wall / one[0]:.2f}x | {per:.2f} | {per / one[1]:.2f}x |")
+            print()
+
+        if args.only in (None, "images"):
+            print("| K images per batch | wall s | loop s per iteration | s per image-iteration | sketches per minute "
+                  f"at {args.iterations} iterations | per-image speed-up |")
+            print("|---|---|---|---|---|---|")
+            base = None
+            for k in ks:
+                wall, per = timed(args.repeats, lambda: run(paths[:k], [16]))
+                per_image = per / k
+                base = base or per_image
+                print(f"| {k} | {wall:.1f} | {per:.2f} | {per_image:.2f} | {60 * k / wall:.1f} | "
+                      f"{base / per_image:.2f}x |")
 
 
 if __name__ == "__main__":
