@@ -15,10 +15,10 @@ from .errors import EngineError  # noqa: E402
 
 
 def __getattr__(name):
-    if name in ("sketch", "Sketch"):
+    if name in ("sketch", "sketch_many", "prepare", "Sketch"):
         from . import sketcher
         return getattr(sketcher, name)
     raise AttributeError(f"module 'clipasso_engine' has no attribute {name!r}")
 
 
-__all__ = ["sketch", "Sketch", "Config", "make_config", "PRESETS", "EngineError", "__version__"]
+__all__ = ["sketch", "sketch_many", "prepare", "Sketch", "Config", "make_config", "PRESETS", "EngineError", "__version__"]

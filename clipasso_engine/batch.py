@@ -40,12 +40,13 @@ BATCH_DONE = "batch_done"
 MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".gif", ".bmp"}
 
-# --batch-images auto. Measured peak for one image, one seed, 5 views (1 clean + 4 augmented) is about
-# 1.8 GB on the CPU per optimisation step (bench_iteration.py), most of it RN101 activations kept for the
-# backward pass; it grows about linearly with images x seeds x views. The models themselves are ~0.6 GB.
-# K = usable memory / (1.8 GB x seeds x views/5), where usable = 60 % of available RAM (CPU) or 80 % of
-# free GPU memory (CUDA, where fp16 autocast roughly halves activations; we keep the CPU figure: safe side).
-# Capped at 16 (beyond that a GPU is saturated anyway) and at least 1; out-of-memory halves it at run time.
+# --batch-images auto. On a CPU: 1. A CPU is saturated by one image's views (bench_batch.py: 7.6, 7.5, 7.3
+# sketches per minute for K = 1, 2, 4), so larger batches only delay the first results and put more work
+# at risk of a kill. On a GPU: memory decides. One image, one seed, 5 views (1 clean + 4 augmented) peaks at
+# about 1.8 GB with all views through CLIP at once in fp32 (bench_iteration.py, before BatchNorm folding),
+# growing about linearly with images x seeds x views; K = 80 % of free GPU memory / that (fp16 autocast
+# roughly halves activations: the fp32 figure keeps a margin). At most 16, at least 1; out-of-memory
+# halves it at run time.
 PEAK_GB_PER_IMAGE_SEED_5VIEWS = 1.8
 MAX_AUTO_BATCH = 16
 
@@ -190,30 +191,13 @@ def write_atomic(path: Path, text: str) -> None:
 # --- batch size -------------------------------------------------------------------------------------
 
 def auto_batch_images(device, config) -> int:
-    """The rule in the comment at the top: memory available / per-image peak, between 1 and 16."""
-    per_image = PEAK_GB_PER_IMAGE_SEED_5VIEWS * config.num_seeds * (config.num_augs + 1) / 5 * 1e9
+    """The rule in the comment at the top: 1 on a CPU; on a GPU free memory / per-image peak, 1 to 16."""
+    if not str(device).startswith("cuda"):
+        return 1
     import torch
-    if str(device).startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        usable = 0.8 * free
-    else:
-        usable = 0.6 * _available_ram()
-    return max(1, min(MAX_AUTO_BATCH, int(usable // per_image)))
-
-
-def _available_ram() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-        return psutil.virtual_memory().available
-    except ImportError:
-        return 4e9
+    per_image = PEAK_GB_PER_IMAGE_SEED_5VIEWS * config.num_seeds * (config.num_augs + 1) / 5 * 1e9
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return max(1, min(MAX_AUTO_BATCH, int(0.8 * free // per_image)))
 
 
 # --- drawing one chunk ------------------------------------------------------------------------------

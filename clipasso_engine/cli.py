@@ -48,16 +48,22 @@ FINISH_EARLY_MESSAGE = "Finishing early: keeping the best so far; press Ctrl-C a
 
 # --- expected time ---------------------------------------------------------------------------------
 # The one table of time estimates: seconds per iteration measured on the benchmark machine (a 2-core
-# CPU, 2 threads, 16 strokes; README "Benchmarks"): 1 seed and 2 augmented views 0.8 s, 1 seed and 4
-# views 1.28 s, 3 seeds and 4 views 3.1 s. One seed costs ~0.08 s plus ~0.24 s per view (the clean
-# view included); seeds batched together cost less than one after another (3 seeds: x2.4 = 3 ** 0.8).
-CPU_S_PER_VIEW, CPU_S_PER_SEED, CPU_SEED_BATCH_EXPONENT = 0.24, 0.08, 0.8
+# CPU, 2 threads, 16 strokes; README "Benchmarks", bench_iteration.py): one sketch with a pool of views
+# costs ~0.125 s plus ~0.125 s per view it sends through CLIP (clean view included): 0.50 s with 2
+# augmented views (fast), 0.75 s with 4; fresh augmentations (paper) add ~0.0625 s per augmented
+# target view per image (1.00 s). Sketches batched together (seeds, levels, images) cost about the
+# sum of their parts on a CPU (3 seeds: 2.35 s).
+CPU_S_PER_SKETCH, CPU_S_PER_VIEW, CPU_S_PER_FRESH_TARGET_VIEW = 0.125, 0.125, 0.0625
 
 
-def estimated_seconds(config, jobs: int = 1) -> float:
-    """Expected optimisation time on a CPU like the benchmark machine's, for `jobs` (image, level) runs."""
-    per_seed = CPU_S_PER_SEED + CPU_S_PER_VIEW * (config.num_augs + 1)
-    return per_seed * (config.num_seeds * jobs) ** CPU_SEED_BATCH_EXPONENT * config.num_iterations
+def estimated_seconds(config, jobs: int = 1, images: int | None = None) -> float:
+    """Expected optimisation time on a CPU like the benchmark machine's, for `jobs` (image, level) runs
+    of `images` images (default: one image per job)."""
+    sketches = config.num_seeds * jobs
+    per_iteration = sketches * (CPU_S_PER_SKETCH + CPU_S_PER_VIEW * (config.num_augs + 1))
+    if not config.augment_pool:
+        per_iteration += (images or jobs) * CPU_S_PER_FRESH_TARGET_VIEW * config.num_augs
+    return per_iteration * config.num_iterations
 
 
 def _duration(seconds: float) -> str:
@@ -436,7 +442,7 @@ def run_sketch(args, report: Reporter) -> int:
     try:
         report(wire.event(wire.STATUS, phase="plan",
                           message=plan_message(config, len(jobs), _expected_device(config.device))))
-        from . import raster, sketcher
+        from . import sketcher
         runtime = sketcher.prepare(config, on_progress=report, should_stop=watch.cancelled.is_set, single_use=True)
         if watch.cancelled.is_set():
             raise Cancelled(watch.reason)

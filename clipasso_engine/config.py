@@ -6,7 +6,7 @@ DEVIATIONS below and repeated in the README; everything else is the reference, n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import EngineError
 
@@ -19,9 +19,10 @@ DEVIATIONS = [
                       "photo's proportions; the canvas -> image map stays exact (stretch=True restores the reference)"),
     ("num_iterations", "2000 optimiser steps (the reference's loop is range(2001)); evals at 0, 10, ..., 2000 "
                        "are the same"),
-    ("seeds", "the seeds are optimised together in one batch instead of one after another; each seed keeps "
-              "its own start strokes and random stream for init, the augmentations are drawn once per "
-              "iteration and shared by all seeds (the target views are then rendered once, not per seed)"),
+    ("seeds", "seeds, stroke counts (levels) and images are optimised together in one batch instead of one "
+              "after another; each sketch keeps its own start strokes (its seed's generator), Adam moments and "
+              "target, the augmentations are drawn once per iteration and shared by all (the target views "
+              "are then computed once, not per sketch)"),
     ("best iterate", "the saved best strokes are exactly the evaluated ones (the reference saves them one "
                      "optimiser step later)"),
     ("clip frozen", "CLIP is frozen in eval mode, the clean target view is computed once and target views never "
@@ -31,6 +32,9 @@ DEVIATIONS = [
     ("augment_pool", "fast and balanced presets: each iteration's augmentations are drawn from a pool of 32 "
                      "transforms drawn once, whose target views are computed once (~1.3x faster per iteration "
                      "on the CPU); the paper preset draws fresh ones every iteration, as the reference"),
+    ("batchnorm folded", "RN101's BatchNorms are folded into its convolutions at load time: the same function "
+                         "to float rounding, faster and with fewer saved activations"),
+    ("precision", "on CUDA CLIP runs under fp16 autocast (the reference runs CLIP in fp16 on a GPU); fp32 on the CPU"),
     ("rasterizer", "a pure-PyTorch analytic-coverage rasterizer instead of diffvg's 2x2 stratified samples "
                    "(closer to diffvg's own 16x16 render and gradient than diffvg at 2x2); diffvg is used when "
                    "pydiffvg imports and backend='diffvg' or 'auto'"),
