@@ -492,6 +492,19 @@ def engine_version_in_source() -> str:
 # ----------------------------------------------------------------------------------------------------
 # Install
 
+def _drawing_window_works() -> bool:
+    """Whether the system Python (the one Inkscape runs extensions with on Linux) can draw in GTK with cairo."""
+    # Inkscape runs `python3` with /usr/bin first on PATH (INKSCAPE.md)
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3")
+    if os.name == "nt" or sys.platform == "darwin" or not python:
+        return True   # Inkscape brings its own Python and GTK there
+    probe = "import gi; gi.require_version('Gtk', '3.0'); gi.require_foreign('cairo')"
+    try:
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return True   # cannot tell: say nothing
+
+
 def say(step: str, text: str):
     print(f"{step:<12} {text}", flush=True)
 
@@ -710,6 +723,10 @@ def install(args) -> int:
         print(f"    note: Inkscape was not found, so the extension went to the default folder above. If your Inkscape "
               f"uses another one (Edit > Preferences > System > User extensions), run install.py again with "
               f"--extensions-dir THAT_FOLDER.")
+
+    if inkscape_found and not _drawing_window_works():
+        print("    note: the progress window will show the bar but not the drawing as it forms: the Python that "
+              "Inkscape runs lacks cairo for GTK (Debian/Ubuntu: sudo apt install python3-gi-cairo).")
 
     # 5. the weights
     if args.download_models:
