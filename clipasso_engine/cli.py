@@ -39,7 +39,7 @@ from .errors import Cancelled, EngineError
 EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = wire.EXIT_OK, wire.EXIT_ERROR, wire.EXIT_CANCELLED
 CANCEL_GRACE_S = 5.0  # after a cancel request, exit hard if the run has not unwound by then
 
-# The CLI's default preset. `paper` takes about 2 hours on a laptop CPU; someone typing
+# The CLI's default preset. `paper` takes about 1.5 hours on a laptop CPU; someone typing
 # `clipasso sketch photo.jpg` expects a drawing in minutes, and the extension defaults to `fast` too.
 # `--preset paper` is one option away for the reference's quality.
 DEFAULT_PRESET = "fast"

@@ -151,7 +151,7 @@ PRESETS = {
         num_iterations=500, num_seeds=2, augment_pool=32,
     ),
     "fast": dict(
-        doc="1 seed, 100 iterations, 2 augmented views: a usable sketch in under 2 minutes on a 2-core CPU",
+        doc="1 seed, 100 iterations, 2 augmented views: a usable sketch in about a minute on a 2-core CPU",
         num_iterations=100, num_seeds=1, num_augs=2, augment_pool=32,
     ),
 }
