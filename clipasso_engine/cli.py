@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help=f"first seed; the others are +1000, +2000, ... (default: {make_config().seed})")
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N or mps; auto uses a GPU when there is one, else the CPU "
-                        "(the first status line says which); an explicit device that is missing is an error (device_unavailable)")
+                        "(with a notice); an explicit device that is missing is an error (device_unavailable)")
     s.add_argument("--backend", default="auto", choices=["auto", "torch", "diffvg"], help="rasterizer")
     s.add_argument("--mask-background", action="store_true", help="remove the background with U^2-Net first (default: off)")
     s.add_argument("--stretch", action="store_true",

@@ -16,6 +16,7 @@ iteration and shared, so a sketch comes out the same batched or alone (up to flo
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -131,6 +132,13 @@ class Runtime:
         return self.models[name]
 
 
+def _device_fix() -> str:
+    """How to choose another device, in the caller's words (the dialog under Inkscape, else the CLI)."""
+    if os.environ.get(wire.CALLER_ENV) == wire.CALLER_INKSCAPE:
+        return "Choose Run on: Auto or CPU in the dialog."
+    return "Use --device auto or cpu."
+
+
 def resolve_device(requested: str) -> torch.device:
     """auto: CUDA, then Apple MPS, then the CPU. An explicit device this machine lacks is an error."""
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -140,13 +148,13 @@ def resolve_device(requested: str) -> torch.device:
         if not torch.cuda.is_available():
             why = ("this PyTorch was built without CUDA" if torch.version.cuda is None
                    else "no NVIDIA GPU or driver is usable")
-            raise EngineError("device_unavailable", f"No CUDA GPU here ({why}). Use --device auto or cpu.")
+            raise EngineError("device_unavailable", f"No CUDA GPU here ({why}). {_device_fix()}")
         index = torch.device(requested).index
         if index is not None and index >= torch.cuda.device_count():
             raise EngineError("device_unavailable", f"There is no GPU {requested}: this machine has "
                                                     f"{torch.cuda.device_count()}. Use --device cuda.")
     if requested == "mps" and not has_mps:
-        raise EngineError("device_unavailable", "Apple's GPU (MPS) is not available here. Use --device auto or cpu.")
+        raise EngineError("device_unavailable", f"Apple's GPU (MPS) is not available here. {_device_fix()}")
     return torch.device(requested)
 
 
@@ -158,6 +166,8 @@ def prepare(config: Config, on_progress: ProgressCallback | None = None, loaded_
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if config.device == "auto" and device.type == "cpu":   # worth knowing: a GPU would be many times faster
+        control.emit(wire.event(wire.NOTICE, message="No GPU found: drawing on the CPU (slower)."))
     backend = raster.resolve_backend(config.backend)
     runtime = Runtime(device, backend, {} if loaded_models is None else loaded_models,
                       config.replace(device=str(device)), single_use)

@@ -182,12 +182,26 @@ def test_out_of_memory_becomes_its_error_code(chelsea_png, config, runtime, monk
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_an_explicit_missing_gpu_is_device_unavailable():
+def test_an_explicit_missing_gpu_is_device_unavailable(monkeypatch):
     for device in ("cuda", "cuda:1"):
         with pytest.raises(EngineError) as error:
             sketcher.resolve_device(device)
-        assert error.value.code == "device_unavailable" and "--device" in error.value.message
+        assert error.value.code == "device_unavailable" and "--device auto or cpu" in error.value.message
+    monkeypatch.setenv(wire.CALLER_ENV, wire.CALLER_INKSCAPE)   # under the extension: the dialog's words
+    with pytest.raises(EngineError) as error:
+        sketcher.resolve_device("cuda")
+    assert "Run on: Auto or CPU" in error.value.message and "--device" not in error.value.message
     assert sketcher.resolve_device("auto").type in ("cpu", "mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_auto_without_a_gpu_says_so(config, rn101_visual, vit_visual):
+    events = []
+    runtime = sketcher.prepare(config.replace(device="auto"), events.append,
+                               loaded_models={"RN101": rn101_visual, "ViT-B-32": vit_visual})
+    assert runtime.device.type in ("cpu", "mps")
+    notices = [e["message"] for e in events if e["event"] == wire.NOTICE]
+    assert notices == (["No GPU found: drawing on the CPU (slower)."] if runtime.device.type == "cpu" else [])
 
 
 def test_clip_precision_per_device():
