@@ -130,3 +130,17 @@ def test_augmentation_pool_reuses_fixed_transforms_and_their_target_views(rn101_
     # the pool does not depend on the run's length (a run kept at k = the run of k iterations)
     short = CLIPLoss(rn101_visual, targets, config.replace(num_iterations=1))
     assert short.pool == loss.pool
+
+
+def test_fp16_loss_scaling_gives_back_the_same_gradient(rn101_visual, monkeypatch):
+    """On CUDA under fp16 autocast the backward runs on a scaled loss; the gradient returned is unscaled.
+    (Checked here in fp32 by pretending the device's precision is fp16.)"""
+    from clipasso_engine import clip
+    targets, sketches = _images(1, 31), _images(2, 32)
+    config = make_config(num_augs=1)
+    plain = CLIPLoss(rn101_visual, targets, config).value_and_grad(sketches, torch.Generator().manual_seed(2))
+    monkeypatch.setattr(clip, "autocast_dtype", lambda device, precision: torch.float16)
+    monkeypatch.setattr(clip, "autocast", lambda device, precision: torch.autocast("cpu", enabled=False))
+    scaled = CLIPLoss(rn101_visual, targets, config).value_and_grad(sketches, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(scaled[0], plain[0])
+    assert (scaled[1] - plain[1]).norm() / plain[1].norm() < 1e-5
