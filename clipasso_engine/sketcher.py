@@ -497,6 +497,9 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
         config.replace(num_strokes=n).validate()
     names = list(names or [None] * len(images))
     crops = list(crops or [None] * len(images))
+    if len(names) != len(images) or len(crops) != len(images):
+        raise EngineError("bad_argument", f"{len(images)} image(s) but {len(names)} name(s) and {len(crops)} "
+                                          "crop(s): give one per image (None for the default).")
     if not images:
         return []
     control = Control(on_progress, should_stop, should_finish)

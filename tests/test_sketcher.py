@@ -166,7 +166,8 @@ def test_unknown_option_and_bad_knobs_are_bad_arguments(chelsea_png):
                  lambda: make_config(control_points=3),
                  lambda: make_config(conv_layer_weights=(0, 1, 1, 1, 0)),
                  lambda: make_config(precision="fp8"),
-                 lambda: sketcher.sketch_many([chelsea_png], make_config(), [8, 0])):
+                 lambda: sketcher.sketch_many([chelsea_png], make_config(), [8, 0]),
+                 lambda: sketcher.sketch_many([chelsea_png, chelsea_png], make_config(), names=["one"])):
         with pytest.raises(EngineError) as error:
             call()
         assert error.value.code == "bad_argument"
