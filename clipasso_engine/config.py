@@ -91,7 +91,7 @@ class Config:
     threads: int = 0                 # CPU threads for torch; 0 = torch's default
     channels_last: bool = True       # ~1.1x faster RN101 on CPU, same numbers
     clip_chunk: int = 0              # images per CLIP forward+backward (0 = all views at once); fewer = less
-                                     #   memory, same numbers; 0 picks by device (see sketcher.clip_chunk)
+                                     #   memory, same numbers; 0 picks by device (sketcher.default_clip_chunk)
     precision: str = "auto"          # CLIP's precision: auto = fp16 autocast on CUDA (as the reference), fp32 on CPU
     models_dir: str | None = None    # folder of local weights files (air-gapped studios); None = cache
 

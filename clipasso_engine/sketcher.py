@@ -127,8 +127,6 @@ class Runtime:
         if name not in self.models:
             self.models[name] = (models.load_u2net(config, self.device) if name == "u2net"
                                  else models.load_clip(name, config, self.device))
-            if name == "RN101" and config.channels_last:
-                self.models[name] = self.models[name].to(memory_format=torch.channels_last)
         return self.models[name]
 
 
@@ -185,8 +183,9 @@ CPU_CLIP_CHUNK = 5   # images per CLIP forward+backward on the CPU: one seed's 5
 
 
 def default_clip_chunk(device: torch.device) -> int:
-    """config.clip_chunk = 0: on the CPU a couple of views at a time (memory is what a laptop lacks, and a CPU
-    gains nothing from larger batches); on a GPU every view at once (0), which is what keeps it busy."""
+    """config.clip_chunk = 0: on the CPU at most CPU_CLIP_CHUNK images through CLIP at a time (memory is what a
+    laptop lacks, and a CPU gains nothing from larger batches); on a GPU every view at once (0), which keeps
+    it busy."""
     return CPU_CLIP_CHUNK if device.type == "cpu" else 0
 
 
@@ -540,10 +539,11 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
         return results
     except Exception as exc:   # noqa: BLE001  out of memory gets its code; everything else passes through
         if _is_out_of_memory(exc):
+            elsewhere = "" if runtime.device.type == "cpu" else ", or the CPU"
             raise EngineError("out_of_memory", f"The {runtime.device.type.upper()} ran out of memory drawing "
                                                f"{len(images)} image(s) x {len(levels)} level(s) x "
                                                f"{config.num_seeds} seed(s): use fewer seeds, levels or images "
-                                               "at once, or --device cpu.") from exc
+                                               f"at once{elsewhere}.") from exc
         raise
 
 
