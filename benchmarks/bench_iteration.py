@@ -21,17 +21,18 @@ import subprocess
 import sys
 import time
 
-CASES = {   # chunk: images per CLIP forward+backward (the engine's CPU default is 5; 0 = all at once)
+CASES = {   # chunk: images per CLIP forward+backward (the engine's CPU default is 4; 0 = all at once)
     "reference loop, 1 seed": dict(mode="reference", seeds=1, augs=4),
     "ours, fresh views (paper), 1 seed": dict(mode="ours", seeds=1, augs=4),
     "ours, pool of 32 views (balanced), 1 seed": dict(mode="ours", seeds=1, augs=4, pool=32),
+    "ours, pool, 1 seed, all 5 views at once": dict(mode="ours", seeds=1, augs=4, pool=32, chunk=0),
     "ours, pool, 3 seeds (a view at a time)": dict(mode="ours", seeds=3, augs=4, pool=32),
     "ours, pool, 3 seeds, all 15 images at once": dict(mode="ours", seeds=3, augs=4, pool=32, chunk=0),
     "ours, fast preset (2 augs, pool), 1 seed": dict(mode="ours", seeds=1, augs=2, pool=32),
 }
 
 
-def run_case(mode: str, seeds: int, augs: int, repeats: int, threads: int, pool: int = 0, chunk: int = 5) -> dict:
+def run_case(mode: str, seeds: int, augs: int, repeats: int, threads: int, pool: int = 0, chunk: int = 4) -> dict:
     import torch
 
     from clipasso_engine import clip, models, raster, sketcher

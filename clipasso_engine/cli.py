@@ -49,11 +49,11 @@ FINISH_EARLY_MESSAGE = "Finishing early: keeping the best so far; press Ctrl-C a
 # --- expected time ---------------------------------------------------------------------------------
 # The one table of time estimates: seconds per iteration measured on the benchmark machine (a 2-core
 # CPU, 2 threads, 16 strokes; README "Benchmarks", bench_iteration.py): one sketch with a pool of views
-# costs ~0.125 s plus ~0.125 s per view it sends through CLIP (clean view included): 0.50 s with 2
-# augmented views (fast), 0.75 s with 4; fresh augmentations (paper) add ~0.0625 s per augmented
-# target view per image (1.00 s). Sketches batched together (seeds, levels, images) cost about the
-# sum of their parts on a CPU (3 seeds: 2.35 s).
-CPU_S_PER_SKETCH, CPU_S_PER_VIEW, CPU_S_PER_FRESH_TARGET_VIEW = 0.125, 0.125, 0.0625
+# costs ~0.02 s plus ~0.16 s per view it sends through CLIP (clean view included): 0.50 s with 2
+# augmented views (fast), 0.82 s with 4; fresh augmentations (paper) add ~0.07 s per augmented target
+# view per image (1.11 s). Sketches batched together (seeds, levels, images) cost about the sum of their
+# parts on a CPU (3 seeds: 2.35 s).
+CPU_S_PER_SKETCH, CPU_S_PER_VIEW, CPU_S_PER_FRESH_TARGET_VIEW = 0.02, 0.16, 0.0725
 
 
 def estimated_seconds(config, jobs: int = 1, images: int | None = None) -> float:

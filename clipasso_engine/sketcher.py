@@ -178,8 +178,9 @@ def prepare(config: Config, on_progress: ProgressCallback | None = None, loaded_
     return runtime
 
 
-CPU_CLIP_CHUNK = 5   # images per CLIP forward+backward on the CPU: one seed's 5 views at once (fastest); 3 seeds
-                     # one view (3 images) at a time: 1.4 GB peak instead of ~2.4, same speed (bench_iteration.py)
+CPU_CLIP_CHUNK = 4   # images per CLIP forward+backward on the CPU: one seed's 5 views as 4 + 1 peak at 1.45 GB
+                     # instead of 1.58 for 5 % more time; 3 seeds a view (3 images) at a time: 1.44 GB instead
+                     # of 2.40 (bench_iteration.py)
 
 
 def default_clip_chunk(device: torch.device) -> int:
