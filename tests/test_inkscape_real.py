@@ -153,12 +153,12 @@ def installed(tmp_path_factory):
     return {"root": root, "profile": profile, "venv": venv, "weights": weights}
 
 
-def run_inkscape(installed, name: str, iterations: int, preset="fast"):
+def run_inkscape(installed, name: str, iterations: int, preset="fast", strokes=STROKES):
     """Start Inkscape on a fresh copy of the test document; returns (process, paths, env marker)."""
     work = installed["root"] / name
     work.mkdir()
     (installed["profile"] / "preferences.xml").write_text(
-        preferences_xml(strokes=STROKES, preset=preset, device="cpu", seeds=1))
+        preferences_xml(strokes=strokes, preset=preset, device="cpu", seeds=1))
     document = work / "in.svg"
     document.write_text(document_text())
     output = work / "out.svg"
@@ -250,10 +250,10 @@ def resident_mb(pid: int) -> float:
     return float(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024 if "VmRSS" in status else 0.0
 
 
-def start_long_run(installed, name):
+def start_long_run(installed, name, strokes=STROKES):
     """Inkscape running the effect with an engine set to draw for hours; returns once the engine has
     loaded its models (its memory passes ~1 GB: torch alone is ~0.7 GB), i.e. mid-run."""
-    process, paths, marker = run_inkscape(installed, name, iterations=100000, preset="balanced")
+    process, paths, marker = run_inkscape(installed, name, iterations=100000, preset="balanced", strokes=strokes)
     engines = wait_for(lambda: processes_with_marker(marker, "clipasso_engine", "sketch"), timeout=120)
     assert engines, "the engine never started\n" + diagnostics(paths)
     loaded = wait_for(lambda: resident_mb(engines[0]) > 1000, timeout=180, step=0.5)
@@ -312,25 +312,28 @@ def test_killing_inkscape_mid_run_leaves_no_engine_behind(installed):
         kill_leftovers(marker)
 
 
-def test_keep_current_sketch_inserts_the_layer(installed):
-    """Keep current sketch, mid-run: the progress window's button writes the wire's finish command to
-    the engine's stdin; here the test writes the same line into that very pipe (/proc/PID/fd/0), as no
-    click reaches a GTK window under Xvfb without extra tools. The engine stops early with its best
-    strokes, and the extension inserts them as usual: one layer, every stroke, the photo untouched."""
+def test_keep_current_sketch_inserts_the_layers(installed):
+    """Keep current sketch, mid-run, with two stroke counts drawn in one engine run: the progress window's
+    button writes the wire's finish command to the engine's stdin; here the test writes the same line
+    into that very pipe (/proc/PID/fd/0), as no click reaches a GTK window under Xvfb without extra
+    tools. The engine stops early with each level's best strokes, and the extension inserts them as
+    usual: one layer per level, every stroke, the photo untouched, no engine left."""
     import inkex
     from clipasso_engine import wire
-    process, paths, marker = start_long_run(installed, "keep")
+    levels = (STROKES, STROKES + 2)
+    process, paths, marker = start_long_run(installed, "keep", strokes=", ".join(map(str, levels)))
     try:
-        engine = min(processes_with_marker(marker, "clipasso_engine", "sketch"))  # the first one started
-        with open(f"/proc/{engine}/fd/0", "w", encoding="utf-8") as engine_stdin:
+        engines = processes_with_marker(marker, "clipasso_engine", "sketch")
+        assert len(engines) == 1, "one engine run for all levels\n" + diagnostics(paths)
+        with open(f"/proc/{engines[0]}/fd/0", "w", encoding="utf-8") as engine_stdin:
             engine_stdin.write(wire.command(wire.FINISH))
         process.wait(timeout=180)
         assert paths["output"].exists(), diagnostics(paths)
         assert wait_for(lambda: not processes_with_marker(marker, "clipasso_engine"), timeout=30)
         svg = inkex.load_svg(str(paths["output"])).getroot()
         layers = sketch_layers(svg)
-        assert len(layers) == 1, diagnostics(paths)
-        assert len(list(layers[0].iter("{http://www.w3.org/2000/svg}path"))) == STROKES
+        assert sorted(len(list(layer.iter("{http://www.w3.org/2000/svg}path"))) for layer in layers) \
+            == list(levels), diagnostics(paths)
         image = svg.getElementById("img1")
         assert image is not None and float(image.get("width")) == IMAGE_XYWH[2]
         assert paths["document"].read_text() == document_text()
