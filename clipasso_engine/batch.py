@@ -209,31 +209,6 @@ def _prepare(config, notify):
     return sketcher.prepare(config, on_progress=lambda event: notify(event) if event["event"] == wire.NOTICE else None)
 
 
-def _runtime_device(runtime) -> str:
-    return str(runtime.device)
-
-
-def _sketch_chunk(runtime, loaded, names, config, levels, on_progress, should_stop):
-    """result[i][j] for images i x levels j, in one sketch_many batch."""
-    from . import sketcher
-    return sketcher.sketch_many(loaded, config, levels, runtime=runtime, names=names,
-                                on_progress=on_progress, should_stop=should_stop)
-
-
-def _is_oom(exc) -> bool:
-    if isinstance(exc, EngineError):
-        return exc.code == "out_of_memory"
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def draw_items(items, config, levels, runtime, notify, should_stop=None, on_progress=None):
     """Sketch `items` ([(path, name)], one chunk) at `levels`; returns [(name, level, sketch|None, row)].
 
@@ -254,24 +229,26 @@ def draw_items(items, config, levels, runtime, notify, should_stop=None, on_prog
 
 
 def _draw_loaded(good, config, levels, runtime, notify, should_stop, on_progress):
+    from . import sketcher
     t0 = time.perf_counter()
     names = [n for _, n, _ in good]
     try:
-        results = _sketch_chunk(runtime[0], [g[2] for g in good], names, config, levels,
-                                on_progress, should_stop)
+        results = sketcher.sketch_many(   # result[i][j] for images i x levels j, in one batch
+            [g[2] for g in good], config, levels, runtime=runtime[0], names=names,
+            on_progress=on_progress, should_stop=should_stop)
     except Cancelled:
         raise
     except BaseException as exc:  # noqa: BLE001  KeyboardInterrupt is re-raised below
         if isinstance(exc, KeyboardInterrupt):
             raise
-        if _is_oom(exc):
+        if sketcher.is_out_of_memory(exc):
             if len(good) > 1:
                 half = len(good) // 2
                 notify({"event": wire.NOTICE, "message": f"Out of memory with {len(good)} images at once: "
                                                          f"trying {half} and {len(good) - half}."})
                 return (_draw_loaded(good[:half], config, levels, runtime, notify, should_stop, on_progress)
                         + _draw_loaded(good[half:], config, levels, runtime, notify, should_stop, on_progress))
-            if _runtime_device(runtime[0]).startswith("cuda"):
+            if runtime[0].device.type == "cuda":
                 notify({"event": wire.NOTICE, "message": "Out of GPU memory with one image: "
                                                          "continuing on the CPU (slower)."})
                 _free_cuda()
@@ -284,7 +261,7 @@ def _draw_loaded(good, config, levels, runtime, notify, should_stop, on_progress
             return rows
         path, name, _ = good[0]
         error = exc if isinstance(exc, EngineError) else EngineError(
-            "out_of_memory" if _is_oom(exc) else "internal", f"{type(exc).__name__}: {exc}")
+            "out_of_memory" if sketcher.is_out_of_memory(exc) else "internal", f"{type(exc).__name__}: {exc}")
         return [(name, lv, None, _error_row(name, path, lv, error)) for lv in levels]
     seconds = (time.perf_counter() - t0) / (len(good) * len(levels))
     out = []
@@ -449,7 +426,7 @@ def run(args, report) -> int:
 
 def run_local(args, config, outdir, pending, progress, watch):
     runtime = [_prepare(config, progress.notice)]
-    device = _runtime_device(runtime[0])
+    device = str(runtime[0].device)
     k = auto_batch_images(device, config) if args.batch_images == "auto" else max(1, int(args.batch_images))
     if progress.report.mode == "jsonl":
         progress.report({"event": BATCH_START, "total": progress.total, "pending": sum(len(t) for *_, t in pending),

@@ -74,13 +74,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_message(config, jobs: int, device_type: str) -> str:
+def plan_message(config, jobs: int, device_type: str, images: int | None = None) -> str:
     """The first status line: what runs, and how long it should take on this device."""
     what = (f"{config.preset} preset: {config.num_iterations} iterations x {config.num_seeds} "
             f"seed{'s' if config.num_seeds != 1 else ''}, {jobs} job{'s' if jobs != 1 else ''}")
     if device_type == "cpu":
         cores = os.cpu_count() or 1
-        return (f"{what}; expected time on this CPU about {_duration(estimated_seconds(config, jobs))} "
+        return (f"{what}; expected time on this CPU about {_duration(estimated_seconds(config, jobs, images))} "
                 f"(measured on 2 cores; this machine has {cores}), plus loading the models.")
     return f"{what}; on the GPU ({device_type}) this takes a fraction of the CPU time."
 
@@ -441,7 +441,7 @@ def run_sketch(args, report: Reporter) -> int:
     watch = CancelWatch(report)
     try:
         report(wire.event(wire.STATUS, phase="plan",
-                          message=plan_message(config, len(jobs), _expected_device(config.device))))
+                          message=plan_message(config, len(jobs), _expected_device(config.device), len(images))))
         from . import sketcher
         runtime = sketcher.prepare(config, on_progress=report, should_stop=watch.cancelled.is_set, single_use=True)
         if watch.cancelled.is_set():

@@ -74,6 +74,7 @@ def augment(images: torch.Tensor, config: Config, generator: torch.Generator) ->
 
 FP16_LOSS_SCALE = 1024.0   # static loss scale under fp16 autocast (CUDA): keeps small gradients representable
 
+
 class CLIPLoss:
     """loss(sketches (B,3,S,S) in [0,1], generator, target_index (B,)) -> per-sketch loss (B,).
 

@@ -286,12 +286,12 @@ def optimise_step(points: list, sketches: torch.Tensor, optimizer, loss_fn: CLIP
     """One Adam step on every sketch of the batch; returns the training loss per row (detached).
 
     The sketches are independent, so the sum's gradient is each sketch's own. `frozen` (rows,) marks
-    sketches that stopped early: their points are put back after the step (Adam's momentum would
+    sketches that stopped early (None: none did): their points are put back after the step (Adam's momentum would
     move them even with a zero gradient)."""
     per_row, sketch_grad = loss_fn.value_and_grad(sketches, generator, target_index)
     optimizer.zero_grad(set_to_none=True)
     sketches.backward(sketch_grad)          # through the rasterizer to the control points
-    if frozen is None or not bool(frozen.any()):
+    if frozen is None:
         optimizer.step()
         return per_row
     per_level = frozen.split([p.shape[0] for p in points])
@@ -324,12 +324,9 @@ class BestOfSeeds:
         self.history.append((iteration, clean.tolist()))
         better = (clean < self.loss) & self.active
         near = ((clean - self.loss).abs() <= self.config.early_stop_tolerance) & self.active
-        offset = 0
-        for best, current in zip(self.points, points):
-            rows = slice(offset, offset + best.shape[0])
-            take = better[rows].to(best.device)
+        for best, current, take in zip(self.points, points, better.split([b.shape[0] for b in self.points])):
+            take = take.to(best.device)
             best[take] = current.detach()[take]
-            offset += best.shape[0]
         self.iteration[better] = iteration
         self.loss[better] = clean[better]
         if self.config.early_stop:
@@ -539,7 +536,7 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
             result.timings = dict(timings)
         return results
     except Exception as exc:   # noqa: BLE001  out of memory gets its code; everything else passes through
-        if _is_out_of_memory(exc):
+        if is_out_of_memory(exc) and not isinstance(exc, EngineError):
             elsewhere = "" if runtime.device.type == "cpu" else ", or the CPU"
             raise EngineError("out_of_memory", f"The {runtime.device.type.upper()} ran out of memory drawing "
                                                f"{len(images)} image(s) x {len(levels)} level(s) x "
@@ -548,12 +545,15 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
         raise
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device or the host ran out of memory (torch's error, Python's, or the allocator's message)."""
+    if isinstance(exc, EngineError):
+        return exc.code == "out_of_memory"
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(exc, oom):
+    if isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom)):
         return True
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        isinstance(exc, MemoryError) or "out of memory" in str(exc) or "can't allocate memory" in str(exc))
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def sketch(image, config: Config | None = None, *, on_progress: ProgressCallback | None = None,
