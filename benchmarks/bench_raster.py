@@ -4,13 +4,12 @@
 
 Prints forward and forward+backward medians (ms) for CLIPasso's start strokes ("short": a start
 point and a 3-step random walk of +-5.6 px) and long strokes spanning the canvas ("wide"), 1 and 3
-sketches, 16 and 64 strokes, then the parity numbers against diffvg (shared/data/README.md).
+sketches, 16 and 64 strokes, then the parity numbers against diffvg (tests/data/README.md).
 The 1 x 16 rows use the reference's own strokes; the others are drawn the same way.
 Run it alone: another busy process on a 2-core machine makes every number meaningless.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -22,10 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipasso_engine.raster import render_strokes  # noqa: E402
 
-# shared/ lies beside the checkout (CI clones main next to it); CLIPASSO_SHARED points elsewhere.
-_SHARED = os.environ.get("CLIPASSO_SHARED") or next(
-    (str(p) for p in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")) if p.is_dir()), "shared")
-REFERENCE = Path(_SHARED) / "data" / "diffvg_reference.npz"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "diffvg_reference.npz"   # tests/data/README.md
 DIFFVG_MS = {("short", "fwd"): 48, ("short", "fwd+bwd"): 264, ("wide", "fwd"): 250, ("wide", "fwd+bwd"): 1060}
 
 

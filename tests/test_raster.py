@@ -1,7 +1,6 @@
 """The PyTorch rasterizer against diffvg's own renders and gradients, plus its edge cases."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,14 @@ from clipasso_engine.raster import render_strokes, resolve_backend
 
 torch.set_num_threads(2)
 
-# shared/ lies beside the checkout (CI clones main next to it); CLIPASSO_SHARED points elsewhere.
-_SHARED = os.environ.get("CLIPASSO_SHARED") or next(
-    (str(p) for p in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")) if p.is_dir()), "shared")
-REFERENCE = Path(_SHARED) / "data" / "diffvg_reference.npz"
 ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "tests" / "data" / "diffvg_reference.npz"   # diffvg's renders and gradients (tests/data/README.md)
 
 
 @pytest.fixture(scope="module")
 def reference():
     # never skipped: without the reference the parity claims would go untested
-    assert REFERENCE.exists(), f"diffvg reference data not found at {REFERENCE}: set CLIPASSO_SHARED"
+    assert REFERENCE.exists(), f"diffvg reference data not found at {REFERENCE} (part of the repository)"
     return dict(np.load(REFERENCE))
 
 
