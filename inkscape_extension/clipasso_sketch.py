@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import batch_mode  # noqa: E402
 import engine_run  # noqa: E402
 import placement  # noqa: E402
 import raster_size  # noqa: E402
@@ -503,4 +504,7 @@ class ClipassoSketch(inkex.EffectExtension):
 
 
 if __name__ == "__main__":
+    # inkscape --batch-process: the error sentence to Inkscape's stderr and the log, never to a
+    # dialog nobody can close (batch_mode.py)
+    batch_mode.route_stderr(os.path.join(tempfile.gettempdir(), LOG_NAME))
     ClipassoSketch().run()

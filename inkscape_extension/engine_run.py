@@ -7,6 +7,7 @@ log file. The engine is started in its own session / process group, so `stop()` 
 everything it spawned: close stdin (the engine's polite stop signal), then SIGTERM, then SIGKILL.
 """
 
+import json
 import os
 import queue
 import signal
@@ -132,9 +133,19 @@ class EngineProcess:
                 self.done = event
             elif kind == wire.ERROR:
                 self.error = event
+                self._log_error(event)
             elif kind == wire.PROGRESS:
                 self.last_progress = event
         return events
+
+    def _log_error(self, event):
+        """The engine's error event in the log, code and all: the sentence shown to the designer
+        has no code, and a scripted run has only stderr and the log (issue 16 item 3)."""
+        try:
+            self.log_file.write(("== engine error " + json.dumps(event, sort_keys=True) + "\n").encode("utf-8"))
+            self.log_file.flush()
+        except (OSError, ValueError):
+            pass
 
     @property
     def finished(self):

@@ -11,6 +11,7 @@ engine returns normal results holding its best strokes so far.
 import os
 import sys
 
+import batch_mode
 import engine_run
 from engine_run import wire
 
@@ -20,8 +21,9 @@ PHOTO_ALPHA = 0.35  # the photo faded, so the black strokes read clearly over it
 
 
 def available():
-    """True when a window can be shown: a display (on Linux) and GTK 3 through gi."""
-    if os.environ.get("CLIPASSO_NO_WINDOW"):
+    """True when a window can be shown: a display (on Linux) and GTK 3 through gi, and someone to
+    see it (not Inkscape's --batch-process, where a window would only wait: batch_mode.py)."""
+    if os.environ.get("CLIPASSO_NO_WINDOW") or batch_mode.active():
         return False
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False

@@ -358,6 +358,81 @@ class TestProgressWindow(unittest.TestCase):
         self.assertIsNotNone(report["exit_codes"][0])
 
 
+# --- inkscape --batch-process: no dialog, no window (issue 16 item 3) -----------------------------
+FAKE_INKSCAPE = r"""
+import json, subprocess, sys
+# stands in for `inkscape --batch-process`: runs the script with its stderr on a pipe, as Inkscape does
+child = subprocess.run(sys.argv[1:sys.argv.index("--batch-process")], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, cwd=sys.argv[-1])
+print(json.dumps({"pipe": child.stderr.decode(), "stdout": len(child.stdout)}))
+"""
+
+
+class TestBatchMode(DoubleEngineMixin, TestCase):
+    """The script run by a process whose command line says --batch-process and that reads its
+    stderr through a pipe, as Inkscape does: the error sentence must reach that process's own
+    stderr (the scripter's terminal) and the log, while the pipe, which Inkscape would show in a
+    dialog nobody closes, stays empty; the document is not written."""
+
+    def run_under(self, *args, mode="error"):
+        import subprocess
+        script = os.path.join(self.tempdir, "fake_inkscape.py")
+        with open(script, "w", encoding="utf-8") as handle:
+            handle.write(FAKE_INKSCAPE)
+        env = dict(os.environ, ENGINE_DOUBLE_MODE=mode, TMPDIR=self.tempdir, PYTHONPATH="")
+        env.pop("CLIPASSO_NO_WINDOW")
+        effect = [sys.executable, os.path.join(REPO, "inkscape_extension", "clipasso_sketch.py"), "--id=plain",
+                  *args, os.path.join(DATA, "placement.svg")]
+        done = subprocess.run([sys.executable, script, *effect, "--batch-process",
+                               os.path.join(REPO, "inkscape_extension")],
+                              capture_output=True, env=env, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        with open(self.log_path, encoding="utf-8") as handle:
+            log = handle.read()
+        return json.loads(done.stdout), done.stderr.decode(), log
+
+    def test_error_goes_to_inkscapes_stderr_and_the_log(self):
+        seen, inkscape_stderr, log = self.run_under()
+        self.assertEqual(seen, {"pipe": "", "stdout": 0})
+        self.assertIn("CLIPasso could not make the sketch: plain: not an image file", inkscape_stderr)
+        self.assertEqual(len(inkscape_stderr.strip().splitlines()), 1, inkscape_stderr)
+        self.assertIn('"code": "bad_image"', log)
+        self.assertIn("== batch mode (inkscape --batch-process", log)
+        self.assertIn("CLIPasso could not make the sketch: plain: not an image file", log.split("== batch mode")[1])
+
+    def test_an_extension_error_too(self):
+        seen, inkscape_stderr, log = self.run_under("--strokes=lots")
+        self.assertEqual(seen["pipe"], "")
+        self.assertIn("Number of strokes must be whole numbers", inkscape_stderr)
+        self.assertIn("Number of strokes must be whole numbers", log)
+
+    def test_success_says_nothing(self):
+        seen, inkscape_stderr, _ = self.run_under(mode="ok")
+        self.assertEqual(seen["pipe"], "")
+        self.assertGreater(seen["stdout"], 0)
+        self.assertEqual(inkscape_stderr, "")
+
+    def test_interactive_inkscape_still_gets_the_sentence(self):
+        """Without --batch-process (Inkscape's own window is there), stderr is Inkscape's dialog, as before."""
+        import subprocess
+        env = dict(os.environ, ENGINE_DOUBLE_MODE="error", TMPDIR=self.tempdir, PYTHONPATH="")
+        done = subprocess.run([sys.executable, "clipasso_sketch.py", "--id=plain", os.path.join(DATA, "placement.svg")],
+                              capture_output=True, env=env, timeout=60, cwd=os.path.join(REPO, "inkscape_extension"))
+        self.assertIn(b"CLIPasso could not make the sketch: plain: not an image file", done.stderr)
+
+    def test_no_progress_window_in_batch_mode(self):
+        import batch_mode
+        import progress_window
+        os.environ.pop("CLIPASSO_NO_WINDOW")
+        saved = batch_mode.inkscape_batch_pid
+        batch_mode.inkscape_batch_pid = lambda: 12345
+        try:
+            self.assertFalse(progress_window.available())
+        finally:
+            batch_mode.inkscape_batch_pid = saved
+        self.assertFalse(batch_mode.active(), "pytest is no inkscape --batch-process")
+
+
 # --- the .inx ---------------------------------------------------------------------------------
 class TestInx(InxMixin, TestCase):
     def test_inx_file(self):
@@ -518,6 +593,11 @@ class TestErrors(DoubleEngineMixin, TestCase):
     def test_engine_error_event(self):
         os.environ["ENGINE_DOUBLE_MODE"] = "error"
         self.assertAborted(self.run_extension("--id=plain"), "not an image file", self.log_path)
+        with open(self.log_path, encoding="utf-8") as handle:  # the code too, for whoever reads the log
+            logged = [json.loads(line[len("== engine error "):]) for line in handle
+                      if line.startswith("== engine error ")]
+        self.assertEqual([(e["code"], e["message"]) for e in logged],
+                         [("bad_image", "plain: not an image file (cannot identify format).")])
 
     def test_engine_error_names_an_embedded_image_by_its_id(self):
         """Issue 8 item 3: never the extension's temp file (image-0.png)."""

@@ -1,7 +1,8 @@
 """Through real Inkscape (headless, under Xvfb): install.py puts the extension into a temporary Inkscape
 profile, Inkscape runs the effect on an image under nested transforms, the real engine (generated
 weights, a couple of iterations) draws, and the output SVG gets a layer of strokes lying on the image.
-Two more runs are stopped mid-way (SIGTERM to the extension; SIGKILL to all of Inkscape): no engine
+One more runs with no weights at all, scripted as a user would: it must end, with the error sentence
+on Inkscape's stderr. Two more runs are stopped mid-way (SIGTERM to the extension; SIGKILL to all of Inkscape): no engine
 process may survive, and the document stays as it was. One more is told to keep its current sketch
 mid-run (the wire's finish command): its strokes become the layer.
 
@@ -153,7 +154,7 @@ def installed(tmp_path_factory):
     return {"root": root, "profile": profile, "venv": venv, "weights": weights}
 
 
-def run_inkscape(installed, name: str, iterations: int, preset="fast", strokes=STROKES):
+def run_inkscape(installed, name: str, iterations: int, preset="fast", strokes=STROKES, extra_env=None):
     """Start Inkscape on a fresh copy of the test document; returns (process, paths, env marker)."""
     work = installed["root"] / name
     work.mkdir()
@@ -168,6 +169,7 @@ def run_inkscape(installed, name: str, iterations: int, preset="fast", strokes=S
                 "HF_HUB_OFFLINE": "1", "TMPDIR": str(work), "CLIPASSO_ITERATIONS": str(iterations),
                 marker.split("=")[0]: marker.split("=")[1],
                 "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")})
+    env.update(extra_env or {})
     actions = f"select-by-id:img1;{ACTION};export-filename:{output};export-do"
     with open(work / "inkscape.log", "w") as log:
         process = subprocess.Popen(["timeout", "--kill-after=10", "300", "xvfb-run", "-a", "inkscape",
@@ -337,5 +339,42 @@ def test_keep_current_sketch_inserts_the_layers(installed):
         image = svg.getElementById("img1")
         assert image is not None and float(image.get("width")) == IMAGE_XYWH[2]
         assert paths["document"].read_text() == document_text()
+    finally:
+        kill_leftovers(marker)
+
+
+def test_scripted_run_without_weights_ends_with_the_sentence(installed):
+    """Issue 16 item 3: `inkscape --batch-process` with the weights missing used to wait forever on the
+    dialog Inkscape opens for a script's stderr, which nobody sees under Xvfb. Now the run ends well
+    within a minute, the sentence is on Inkscape's own stderr, the exported document is the one given,
+    and the log holds the engine's error code and message."""
+    import inkex
+    nothing = installed["root"] / "nothing"   # no weights, and no cache holding any
+    nothing.mkdir()
+    process, paths, marker = run_inkscape(installed, "no_weights", iterations=2, extra_env={
+        "CLIPASSO_MODELS_DIR": str(nothing), "HF_HOME": str(nothing), "XDG_CACHE_HOME": str(nothing),
+        "CLIPASSO_CACHE": str(nothing)})
+    started = time.monotonic()
+    try:
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("Inkscape did not end within 90 s (a dialog nobody can close?)\n" + diagnostics(paths))
+        took = time.monotonic() - started
+        inkscape_output = paths["log"].read_text(errors="replace")   # Inkscape's stdout and stderr
+        sentences = [line for line in inkscape_output.splitlines() if line.startswith("CLIPasso could not")]
+        assert len(sentences) == 1, diagnostics(paths)
+        assert "RN101 weights are not on this computer" in sentences[0]
+        assert "install.py --download-models" in sentences[0]
+        assert took < 60, f"{took:.0f} s"
+        assert paths["output"].exists(), diagnostics(paths)   # the remaining actions ran ...
+        svg = inkex.load_svg(str(paths["output"])).getroot()
+        assert not svg.xpath("//*[starts-with(@id, 'clipasso-')]")   # ... on the document as it was
+        assert svg.getElementById("img1") is not None
+        assert paths["document"].read_text() == document_text()
+        log = (paths["work"] / "clipasso-sketch.log").read_text()
+        assert '"code": "weights_missing"' in log and "RN101 weights are not on this computer" in log, log
+        assert "== batch mode (inkscape --batch-process" in log, log   # so no progress window was opened
+        assert not processes_with_marker(marker, "clipasso_engine")
     finally:
         kill_leftovers(marker)
