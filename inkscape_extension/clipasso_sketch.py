@@ -34,6 +34,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import batch_mode  # noqa: E402
+import document_tree  # noqa: E402
 import engine_run  # noqa: E402
 import placement  # noqa: E402
 import raster_size  # noqa: E402
@@ -120,22 +121,15 @@ def color_to_css(color):
     return "#{:02x}{:02x}{:02x}".format(*[max(0, min(255, v)) for v in rgb]), alpha
 
 
-def composed_matrix(element):
-    """The element's transform composed with every ancestor's, as a 6-tuple. Parsed from the
-    raw attributes: inkex 1.4's `.transform` and even `.get("transform")` rewrite the attribute
-    (rotate(30,150,150) becomes a 6-digit matrix), which would change the user's document."""
-    matrix = placement.IDENTITY
-    node = element
-    while node is not None:
-        text = node.attrib.get("transform")  # raw lxml access, see above
-        if text:
-            matrix = placement.compose(tuple(inkex.Transform(text).to_hexad()), matrix)
-        node = node.getparent()
-    return matrix
+def parse_transform(text):
+    """A transform attribute's text -> 6-tuple. Elements are always read through their raw
+    attributes (document_tree): inkex 1.4's `.transform` and even `.get("transform")` rewrite the
+    attribute (rotate(30,150,150) becomes a 6-digit matrix), which would change the user's document."""
+    return tuple(inkex.Transform(text).to_hexad())
 
 
 def raw_matrix(element):
-    """The element's own transform attribute as a 6-tuple (raw access, as composed_matrix)."""
+    """The element's own transform attribute as a 6-tuple (raw access, see parse_transform)."""
     text = element.attrib.get("transform")
     return tuple(inkex.Transform(text).to_hexad()) if text else placement.IDENTITY
 
@@ -209,15 +203,16 @@ class ClipassoSketch(inkex.EffectExtension):
 
     # --- 1. the images ------------------------------------------------------------------------
     def selected_images(self):
+        """Every place a selected image shows (document_tree.Instance): an <image>, the images in a
+        selected group or layer, or the image a selected clone (<use>) shows."""
         selected = list(self.svg.selection.values())
         if not selected:
             abort("Select an image first, then run CLIPasso Sketch again.")
         images = []
-        for element in selected:  # an <image>, or images inside a selected group or layer
-            candidates = [element] + list(element.iterdescendants())
-            for candidate in candidates:
-                if isinstance(candidate, inkex.Image) and candidate not in images:
-                    images.append(candidate)
+        for element in selected:
+            for instance in document_tree.images_shown_by(element):
+                if instance not in images:
+                    images.append(instance)
         if not images:
             abort("The selection holds no raster image: select an image and run CLIPasso Sketch again.")
         return images
@@ -293,21 +288,24 @@ class ClipassoSketch(inkex.EffectExtension):
         return path
 
     # --- what of each picture shows ----------------------------------------------------------------
-    def visible_crop(self, image, path):
+    def visible_crop(self, instance, path):
         """The engine's --crop for one image: (left, top, right, bottom) of the pixels that show on
         the canvas, or None to sketch the whole picture. A `slice` image shows only what falls in
-        its rect; a clip-path on it or an ancestor may hide more. Whenever something is uncertain
-        (unreadable header, odd transform) the answer is None: more is sketched, never less."""
+        its rect; a clip-path on it, an ancestor or a clone, or a nested viewport, may hide more.
+        Whenever something is uncertain (unreadable header, odd transform) the answer is None:
+        more is sketched, never less."""
         size = raster_size.upright_pixel_size(path)
         if size is None:
             return None
+        image = instance.image
         attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
         try:
-            x, y, width, height = placement.image_rect(attributes, size, self.viewport_size())
+            frames = instance.frames(parse_transform)
+            x, y, width, height = placement.image_rect(attributes, size, frames[1].size)
             pixels_to_user = placement.image_placement(x, y, width, height, size,
                                                        image.get("preserveAspectRatio"))
             visible = (x, y, x + width, y + height)
-            for clip_box in self.clip_boxes(image):
+            for clip_box in self.clip_boxes(frames):
                 visible = placement.intersect_boxes(visible, clip_box)
                 if visible is None:  # clipped away entirely: nothing shows, sketch it whole
                     return None
@@ -315,16 +313,19 @@ class ClipassoSketch(inkex.EffectExtension):
         except (ValueError, ZeroDivisionError):  # no size or a singular transform: placement says so later
             return None
 
-    def clip_boxes(self, image):
-        """The bounds of each clip-path on the image and on its ancestors, in the image's user space.
-        A clip whose bounds are unknown is skipped: the sketch then covers more than shows."""
-        to_image = placement.invert(composed_matrix(image))
-        for node in [image, *image.iterancestors()]:
-            clip_id = clip_reference(node)
+    def clip_boxes(self, frames):
+        """The bounds of each clip on the image's way to the root, in the image's user space: the
+        clip-paths on it, its ancestors and clones, and the viewports of nested <svg>s and cloned
+        <symbol>s. A clip whose bounds are unknown is skipped: the sketch then covers more than shows."""
+        to_image = placement.invert(frames[0].outer)
+        for frame in frames:
+            clip_id = clip_reference(frame.node)
             clip = self.clip_path(clip_id) if clip_id else None
             box = clip_content_box(clip) if clip is not None else None
-            if box is not None:  # clip units are the clipped node's user space (its transform included)
-                yield placement.mapped_box(placement.compose(to_image, composed_matrix(node)), box)
+            # clip units are the clipped node's user space (its transform included), and so is a viewport
+            for known in (box, frame.clip):
+                if known is not None:
+                    yield placement.mapped_box(placement.compose(to_image, frame.outer), known)
 
     def clip_path(self, clip_id):
         """The <clipPath> with that id; looked up by walking, as ids may hold any character."""
@@ -398,13 +399,6 @@ class ClipassoSketch(inkex.EffectExtension):
                     signal.signal(getattr(signal, sig), handler)
 
     # --- 4. the result ------------------------------------------------------------------------
-    def viewport_size(self):
-        box = (self.svg.get("viewBox") or "").replace(",", " ").split()
-        if len(box) == 4:
-            return float(box[2]), float(box[3])
-        return (placement.user_length(self.svg.get("width")) or 100.0,
-                placement.user_length(self.svg.get("height")) or 100.0)
-
     @staticmethod
     def layer_anchor(image):
         """The element the new layer goes directly after: the image's nearest layer, else its
@@ -425,16 +419,18 @@ class ClipassoSketch(inkex.EffectExtension):
             candidate = f"{tag}-{n}"
         return candidate
 
-    def insert_layer(self, image, index, result, anchor, taken):
+    def insert_layer(self, instance, index, result, anchor, taken):
         """A new layer after `anchor` holding one path per stroke; returns the layer."""
+        image = instance.image
         parent = anchor.getparent()
         image_size = result["image_size"]
         attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
         try:
-            rect = placement.image_rect(attributes, image_size, self.viewport_size())
+            frames = instance.frames(parse_transform)
+            rect = placement.image_rect(attributes, image_size, frames[1].size)
             pixels_to_user = placement.image_placement(*rect, image_size, image.get("preserveAspectRatio"))
             matrix = placement.canvas_to_layer(tuple(result["canvas_to_image"]), pixels_to_user,
-                                               composed_matrix(image), composed_matrix(parent))
+                                               frames[0].outer, document_tree.content_matrix(parent, parse_transform))
         except (ValueError, ZeroDivisionError):  # issue 8 item 13: a sentence, not a traceback
             abort(f"The sketch of {image.get('id') or 'the image'!r} cannot be placed: the layer or group "
                   f"{parent.get('id') or ''!r} that holds it is scaled to zero (or the image has no size). "
@@ -447,7 +443,7 @@ class ClipassoSketch(inkex.EffectExtension):
             style += f";stroke-opacity:{placement.fmt(opacity, 3)}"
 
         strokes = result["points"]
-        image_id = re.sub(r"[^A-Za-z0-9_.-]", "_", image.get("id") or f"image{index + 1}")
+        image_id = re.sub(r"[^A-Za-z0-9_.-]", "_", self.instance_id(instance, index))
         tag = self.unique_tag(f"{image_id}-{len(strokes)}", taken)
         layer = inkex.Layer.new(f"{self.options.layer_name} \u2014 {len(strokes)} strokes")
         layer.set("id", f"clipasso-layer-{tag}")
@@ -473,8 +469,21 @@ class ClipassoSketch(inkex.EffectExtension):
         return layer
 
     @staticmethod
-    def display_name(image, index):
-        return image.get(f"{{{INKSCAPE_NS}}}label") or image.get("id") or f"image {index + 1}"
+    def display_name(instance, index):
+        """What the designer calls it: the label or id of the image, or of the clone that shows it."""
+        shown_by = instance.shown_by
+        return shown_by.get(f"{{{INKSCAPE_NS}}}label") or shown_by.get("id") or f"image {index + 1}"
+
+    @staticmethod
+    def instance_id(instance, index):
+        """The image's id, or for a clone the clone's id (and the image's, when the clone shows a
+        group or symbol holding it): the new layer's and strokes' ids start with it."""
+        image_id = instance.image.get("id") or f"image{index + 1}"
+        if instance.shown_by is instance.image:
+            return image_id
+        clone_id = instance.shown_by.get("id") or f"clone{index + 1}"
+        shows_image_itself = len(instance.clones) == 1 and document_tree.referenced(instance.shown_by) is instance.image
+        return clone_id if shows_image_itself else f"{clone_id}-{image_id}"
 
     def effect(self):
         images = self.selected_images()
@@ -483,7 +492,7 @@ class ClipassoSketch(inkex.EffectExtension):
         log_path = os.path.join(tempfile.gettempdir(), LOG_NAME)
         names = [self.display_name(image, index) for index, image in enumerate(images)]
         with tempfile.TemporaryDirectory(prefix="clipasso-") as workdir:
-            sources = [self.image_file(image, workdir, index) for index, image in enumerate(images)]
+            sources = [self.image_file(image.image, workdir, index) for index, image in enumerate(images)]
             crops = [self.visible_crop(image, source) for image, source in zip(images, sources)]
             command = self.engine_command(python, models_dir, sources, names, levels, workdir, crops)
             counts = ", ".join(str(n) for n in levels)
@@ -498,7 +507,7 @@ class ClipassoSketch(inkex.EffectExtension):
         for result in results:  # job order: image by image, stroke counts as given
             index = int(result["image"])
             image = images[index]
-            anchor = self.layer_anchor(image)
+            anchor = self.layer_anchor(image.shown_by)  # over the clone, when a clone shows it
             layer = self.insert_layer(image, index, result, last_inserted.get(anchor, anchor), taken)
             last_inserted[anchor] = layer
 

@@ -94,9 +94,29 @@ def parse_preserve_aspect_ratio(text):
     return align, mode
 
 
+def viewbox_transform(viewport, view_box, preserve_aspect_ratio=None):
+    """SVG's viewBox rule: the matrix fitting view_box (x, y, w, h) into viewport (x, y, w, h), as
+    preserveAspectRatio says (align 'none' stretches; meet fits inside, slice covers)."""
+    x, y, width, height = (float(v) for v in viewport)
+    box_x, box_y, box_w, box_h = (float(v) for v in view_box)
+    if box_w <= 0 or box_h <= 0:
+        raise ValueError("empty viewBox")
+    align, mode = parse_preserve_aspect_ratio(preserve_aspect_ratio)
+    scale_x, scale_y = width / box_w, height / box_h
+    if align == "none":
+        return (scale_x, 0.0, 0.0, scale_y, x - box_x * scale_x, y - box_y * scale_y)
+    scale = min(scale_x, scale_y) if mode == "meet" else max(scale_x, scale_y)
+    fx = ALIGN_FRACTIONS[align[1:4].lower()]
+    fy = ALIGN_FRACTIONS[align[5:8].lower()]
+    tx = x - box_x * scale + (width - scale * box_w) * fx
+    ty = y - box_y * scale + (height - scale * box_h) * fy
+    return (scale, 0.0, 0.0, scale, tx, ty)
+
+
 def image_placement(x, y, width, height, image_size, preserve_aspect_ratio=None):
     """Matrix from image pixels (pixel-edge convention, (0,0)..(W,H)) to the <image> element's
-    user space: the raster is fitted into the rect (x, y, width, height) as SVG says.
+    user space: the raster is fitted into the rect (x, y, width, height) as SVG says (the
+    viewBox rule, the raster's pixel size being the viewBox).
 
     slice: the raster overflows the rect on one axis and the overflow is clipped on screen; the
     engine then sketches only the visible part (visible_pixel_box), yet its result still maps
@@ -104,16 +124,7 @@ def image_placement(x, y, width, height, image_size, preserve_aspect_ratio=None)
     pixel_w, pixel_h = float(image_size[0]), float(image_size[1])
     if pixel_w <= 0 or pixel_h <= 0:
         raise ValueError("image has no pixels")
-    align, mode = parse_preserve_aspect_ratio(preserve_aspect_ratio)
-    scale_x, scale_y = width / pixel_w, height / pixel_h
-    if align == "none":
-        return (scale_x, 0.0, 0.0, scale_y, float(x), float(y))
-    scale = min(scale_x, scale_y) if mode == "meet" else max(scale_x, scale_y)
-    fx = ALIGN_FRACTIONS[align[1:4].lower()]
-    fy = ALIGN_FRACTIONS[align[5:8].lower()]
-    tx = x + (width - scale * pixel_w) * fx
-    ty = y + (height - scale * pixel_h) * fy
-    return (scale, 0.0, 0.0, scale, tx, ty)
+    return viewbox_transform((x, y, width, height), (0.0, 0.0, pixel_w, pixel_h), preserve_aspect_ratio)
 
 
 def image_rect(attributes, image_size, viewport_size=None):
