@@ -448,6 +448,8 @@ class TestInx(InxMixin, TestCase):
         ns = {"i": "http://www.inkscape.org/namespace/inkscape/extension"}
         inx = etree.parse(os.path.join(REPO, "clipasso.inx"))
         self.assertEqual(inx.findtext("i:id", namespaces=ns), "org.clipasso.clipasso_sketch")
+        # issue 16 item 6: a translation domain only with a catalog Inkscape finds (none ships)
+        self.assertEqual(inx.getroot().get("translationdomain"), "none")
         self.assertEqual(inx.find("i:effect", ns).get("needs-live-preview"), "false")
         self.assertEqual(inx.find("i:effect/i:effects-menu/i:submenu", ns).get("name"), "Generate from Image")
         self.assertEqual(inx.findtext("i:script/i:command", namespaces=ns), "inkscape_extension/clipasso_sketch.py")

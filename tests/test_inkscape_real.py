@@ -378,3 +378,19 @@ def test_scripted_run_without_weights_ends_with_the_sentence(installed):
         assert not processes_with_marker(marker, "clipasso_engine")
     finally:
         kill_leftovers(marker)
+
+
+def test_no_warnings_from_inkscape_once_installed(installed):
+    """Issue 16 item 6: with the extension installed, Inkscape said "Failed to locate message catalog for
+    textdomain 'clipasso'" on every command. `--action-list` under Xvfb shows our actions, so the
+    extension was read; neither that nor `--version` may warn about us."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CLIPASSO_"))}
+    env["INKSCAPE_PROFILE_DIR"] = str(installed["profile"])
+    for command in (["inkscape", "--version"], ["xvfb-run", "-a", "inkscape", "--action-list"]):
+        done = subprocess.run(["timeout", "120", *command], capture_output=True, text=True, env=env,
+                              cwd=str(installed["root"]))
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output
+        assert "textdomain" not in output and "message catalog" not in output, output
+        assert "clipasso" not in done.stderr.lower(), done.stderr
+    assert "org.clipasso.clipasso-sketch.noprefs" in done.stdout
