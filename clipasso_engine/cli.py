@@ -414,15 +414,21 @@ def _per_image(values, images, option: str):
     return list(values) + [None] * (len(images) - len(values))
 
 
-def _expected_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def check_device(requested: str) -> str:
+    """The device the run will use (device_unavailable for an explicit one this machine lacks), known
+    before any estimate is printed. Imports torch: call it once the inputs are known to be good."""
+    from .sketcher import resolve_device
+    return resolve_device(requested).type
+
+
+def read_inputs(images, names, crops, config) -> list:
+    """Every image read onto the canvas before torch and the models load: a bad file is answered in a
+    fraction of a second with its own code (bad_image, or bad_argument for a crop outside it)."""
+    from . import imageio
+    return [imageio.load_image(path, config, name=name, crop=crop) for path, name, crop in zip(images, names, crops)]
 
 
 def run_sketch(args, report: Reporter) -> int:
-    from . import models
     images = [str(p) for p in args.images]
     names = _per_image(args.name, images, "--name")
     crops = _per_image(args.crop, images, "--crop")
@@ -432,16 +438,21 @@ def run_sketch(args, report: Reporter) -> int:
                          device=args.device,
                          num_strokes=args.strokes[0] if args.strokes and len(args.strokes) == 1 else None)
     levels = args.strokes or [config.num_strokes]
+    for n in levels:
+        config.replace(num_strokes=n).validate()
     outputs = output_paths(images, levels, args.output)
     image_outputs = output_paths(images, levels, args.image_svg, "--image-svg") if args.image_svg else None
     jobs = [{"job": i * len(levels) + j, "image": i, "name": names[i] or Path(images[i]).name, "strokes": n}
             for i in range(len(images)) for j, n in enumerate(levels)]
+    loaded = read_inputs(images, names, crops, config)
 
+    from . import models   # torch from here on
     models.interrupt_pending.clear()
     watch = CancelWatch(report)
     try:
+        device_type = check_device(config.device)
         report(wire.event(wire.STATUS, phase="plan",
-                          message=plan_message(config, len(jobs), _expected_device(config.device), len(images))))
+                          message=plan_message(config, len(jobs), device_type, len(images))))
         from . import sketcher
         runtime = sketcher.prepare(config, on_progress=report, should_stop=watch.cancelled.is_set, single_use=True)
         if watch.cancelled.is_set():
@@ -457,7 +468,7 @@ def run_sketch(args, report: Reporter) -> int:
                 watch.optimising.set()
             report(event)
 
-        results = sketcher.sketch_many(images, config, levels, runtime=runtime, names=names, crops=crops,
+        results = sketcher.sketch_many(loaded, config, levels, runtime=runtime, names=names,
                                        on_progress=on_event, should_stop=watch.cancelled.is_set,
                                        should_finish=watch.finish_requested.is_set)
         if watch.cancelled.is_set():

@@ -138,6 +138,8 @@ class Config:
         return self
 
     def to_dict(self) -> dict:
+        if self.threads < 0:
+            bad(f"Threads must be 0 (one per core) or more (got {self.threads}).")
         return asdict(self)
 
 

@@ -24,13 +24,16 @@ from __future__ import annotations
 import io
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# torch is imported where a tensor is made, not here: importing it costs seconds, and a bad file must be
+# answered before that (the CLI reads every input before torch and the models load).
 
 from .errors import EngineError
 
@@ -93,6 +96,7 @@ def load_image(source, config, name: str | None = None, crop=None) -> LoadedImag
     ww, wh = working.size
     matrix = (ww / size * sx, 0.0, 0.0, wh / size * sy, tx + left, ty + top)
     resized = working.resize((size, size), Image.Resampling.BICUBIC)
+    import torch
     target = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
     return LoadedImage(target=target, image_size=whole_size, canvas_to_image=matrix, name=name)
 
@@ -387,6 +391,7 @@ def apply_mask(loaded: LoadedImage, mask, threshold: float = 0.5) -> LoadedImage
     """The target with white wherever mask < threshold (the reference's U^2-Net background removal).
 
     mask: 1x1xSxS (or SxS) tensor or array on the canvas, 1 = object."""
+    import torch
     target = loaded.target
     mask = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
     size = target.shape[-1]
@@ -402,11 +407,13 @@ def canvas_to_image_points(points, matrix):
 
     numpy in, numpy (float64) out; torch in, torch out (same device/dtype, differentiable)."""
     a, b, c, d, e, f = (float(m) for m in matrix)
-    if not isinstance(points, torch.Tensor):
+    torch = sys.modules.get("torch")   # a tensor can only come from an imported torch
+    is_tensor = torch is not None and isinstance(points, torch.Tensor)
+    if not is_tensor:
         points = np.asarray(points, dtype=np.float64)
     x, y = points[..., 0], points[..., 1]
     mapped = [a * x + c * y + e, b * x + d * y + f]
-    return torch.stack(mapped, dim=-1) if isinstance(points, torch.Tensor) else np.stack(mapped, axis=-1)
+    return torch.stack(mapped, dim=-1) if is_tensor else np.stack(mapped, axis=-1)
 
 
 def invert_matrix(matrix) -> tuple[float, ...]:

@@ -1,7 +1,8 @@
-"""The CLIPasso optimisation: images in, cubic strokes out, read top to bottom as five steps.
+"""The CLIPasso optimisation: images in, cubic strokes out, read top to bottom as six steps.
 
+    read_images   each image onto the canvas, before any model loads (a bad file is answered at once)
     prepare       device, rasterizer and models, resolved once (a Runtime; reusable across runs)
-    load_targets  each image onto the canvas (+ background removal when asked)
+    load_targets  background removal when asked
     init_points   per level, per image, per seed: saliency-sampled start strokes
     optimise      Adam on all control points at once: render -> CLIP loss -> step; every `eval_every`
                   iterations the clean-view loss goes to a BestOfSeeds tracker (and a preview goes out)
@@ -207,18 +208,29 @@ def background_mask(u2net, target: torch.Tensor, threshold: float) -> torch.Tens
     return (d1 >= threshold).to(target.dtype)
 
 
-def load_targets(images, config: Config, runtime: Runtime, names, crops, control: Control) -> list:
-    """Each image as an imageio.LoadedImage on the canvas (already loaded ones pass through)."""
+def read_images(images, config: Config, names, crops, control: Control) -> list:
+    """Each image as an imageio.LoadedImage on the canvas (already loaded ones pass through).
+
+    Needs no model: it runs before prepare(), so a bad file is answered in a moment, not after the
+    models load (or fail to)."""
     loaded = []
     for i, source in enumerate(images):
         control.check_cancel()
-        image = source if isinstance(source, imageio.LoadedImage) else \
-            imageio.load_image(source, config, name=names[i], crop=crops[i])
-        if config.mask_background:
-            mask = background_mask(runtime.model("u2net", config), image.target.to(runtime.device), config.mask_threshold)
-            image = imageio.apply_mask(image, mask.cpu())
-        loaded.append(image)
+        loaded.append(source if isinstance(source, imageio.LoadedImage) else
+                      imageio.load_image(source, config, name=names[i], crop=crops[i]))
     return loaded
+
+
+def load_targets(loaded: list, config: Config, runtime: Runtime, control: Control) -> list:
+    """The images as the optimisation compares with them: background removed when asked."""
+    if not config.mask_background:
+        return loaded
+    masked = []
+    for image in loaded:
+        control.check_cancel()
+        mask = background_mask(runtime.model("u2net", config), image.target.to(runtime.device), config.mask_threshold)
+        masked.append(imageio.apply_mask(image, mask.cpu()))
+    return masked
 
 
 # --- step 3: start strokes -------------------------------------------------------------------------
@@ -502,6 +514,11 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
     control = Control(on_progress, should_stop, should_finish)
     timings, t_start = {}, time.perf_counter()
 
+    # Every input is read before any model loads: a bad file is answered at once, with its own code.
+    t = control.status("image", "Reading the image" if len(images) == 1 else f"Reading {len(images)} images")
+    loaded = read_images(images, config, names, crops, control)
+    timings["image"] = time.perf_counter() - t
+
     t = time.perf_counter()
     if runtime is None:
         runtime = prepare(config, on_progress, loaded_models, should_stop=should_stop,
@@ -509,9 +526,9 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
     config = config.replace(device=str(runtime.device), clip_chunk=config.clip_chunk or default_clip_chunk(runtime.device))
     timings["models"] = time.perf_counter() - t
     try:
-        t = control.status("image", "Reading the image" if len(images) == 1 else f"Reading {len(images)} images")
-        loaded = load_targets(images, config, runtime, names, crops, control)
-        timings["image"] = time.perf_counter() - t
+        t = time.perf_counter()
+        loaded = load_targets(loaded, config, runtime, control)
+        timings["image"] += time.perf_counter() - t
 
         t = control.status("init", "Placing the first strokes")
         layout = Layout(len(loaded), levels, config.num_seeds)

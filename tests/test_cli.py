@@ -45,7 +45,7 @@ class FakeEngine:
 
     def sketch_many(self, images, config, levels=None, *, runtime=None, names=None, crops=None, on_progress=None,
                     should_stop=None, should_finish=None, loaded_models=None):
-        self.calls.append(("sketch_many", list(images), list(levels), list(names), list(crops)))
+        self.calls.append(("sketch_many", list(images), list(levels), list(names or []), list(crops or [])))
         for it in range(1, 11):
             on_progress(wire.event(wire.PROGRESS, iteration=it, total=10, loss=1.0, best_loss=0.9, elapsed=it,
                                    eta=10 - it, per_iteration=1.0))
@@ -137,8 +137,11 @@ def test_several_images_and_levels_make_one_call_and_one_result_per_job(photos, 
                                    "--crop", "1,1,20,20", "--crop", "-"], capsys)
     assert code == 0, err
     assert engine.calls[0] == "prepare" and len(engine.calls) == 2
-    _, images, levels, names, crops = engine.calls[1]
-    assert levels == [4, 8] and names == ["Kitty", None, None] and crops == [(1, 1, 20, 20), None, None]
+    _, images, levels, names, _ = engine.calls[1]
+    assert levels == [4, 8] and names == ["Kitty", None, None]
+    # the images come read (before the models load), each with its name and its crop's map
+    assert [i.name for i in images] == ["Kitty", "cat.png", "dog.jpg"] and all(i.image_size == (40, 30) for i in images)
+    assert images[0].canvas_to_image[4:] == (1.0, 1.0) and images[1].canvas_to_image[4:] == (0.0, -5.0)
     kinds = [e["event"] for e in events]
     assert kinds[0] == wire.STATUS and "fast preset" in events[0]["message"] and "expected time" in events[0]["message"]
     start = events[kinds.index(wire.START)]
