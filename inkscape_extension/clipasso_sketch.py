@@ -145,11 +145,13 @@ def clip_reference(element):
     return match.group(1) if match else None
 
 
-def clip_content_box(clip):
-    """Bounds (x0, y0, x1, y1) of a <clipPath>'s shapes in the user space of the element it clips,
-    or None when they cannot be known for sure (objectBoundingBox units, text, <use>, nothing)."""
-    if (clip.get("clipPathUnits") or "userSpaceOnUse").strip() != "userSpaceOnUse":
+def clip_box(clip, matrix):
+    """Bounds (x0, y0, x1, y1) of a <clipPath>'s shapes mapped by matrix (the user space of the
+    element it clips -> image pixels), or None when they cannot be known for sure
+    (objectBoundingBox units, text, <use>, nothing)."""
+    if (clip.attrib.get("clipPathUnits") or "userSpaceOnUse").strip() != "userSpaceOnUse":
         return None
+    matrix = placement.compose(matrix, raw_matrix(clip))
     box = None
     for child in clip:
         if not isinstance(child.tag, str):  # a comment
@@ -159,18 +161,59 @@ def clip_content_box(clip):
             continue
         if kind not in CLIP_SHAPES:
             return None
-        try:  # on a copy: inkex 1.4 may rewrite attributes it reads, and the document stays as it was
-            bounds = copy.deepcopy(child).bounding_box()
-        except Exception:  # inkex cannot measure it: the clip is unknown, never guessed
+        measured, shape = shape_box(child, kind, matrix)
+        if not measured:  # the clip is unknown, never guessed
             return None
-        if bounds is None:
+        if shape is None:  # draws nothing
             continue
-        shape = (bounds.left, bounds.top, bounds.right, bounds.bottom)
         box = shape if box is None else (min(box[0], shape[0]), min(box[1], shape[1]),
                                          max(box[2], shape[2]), max(box[3], shape[3]))
-    if box is None:
-        return None
-    return placement.mapped_box(raw_matrix(clip), box)
+    return box
+
+
+def shape_box(shape, kind, matrix):
+    """-> (measured, bounds of the shape mapped by matrix, None when it draws nothing). Exact from
+    the attributes for circles, ellipses, rects, lines and polygons, whatever the map (issue 18
+    item 2: inkex measures a circle through its Bezier form, up to 3e-5 of the radius over); paths,
+    and shapes with percentages, through inkex, which maps the path first (exact for a rotated path)."""
+    exact = exact_shape_box(shape, kind, placement.compose(matrix, raw_matrix(shape)))
+    if exact is not None:
+        return True, exact or None
+    try:  # on a copy: inkex 1.4 may rewrite attributes it reads, and the document stays as it was
+        bounds = copy.deepcopy(shape).bounding_box(inkex.Transform(matrix))
+    except Exception:  # inkex cannot measure it
+        return False, None
+    return True, None if bounds is None else (bounds.left, bounds.top, bounds.right, bounds.bottom)
+
+
+def exact_shape_box(shape, kind, matrix):
+    """The bounds of a basic shape mapped by matrix (its own transform included); () when it draws
+    nothing; None when its attributes are not plain lengths (then inkex measures it)."""
+    def length(name, default=None):
+        text = shape.attrib.get(name)
+        return default if text is None else placement.user_length(text)
+
+    if kind in ("circle", "ellipse"):
+        cx, cy = length("cx", 0.0), length("cy", 0.0)
+        rx, ry = (length("r"),) * 2 if kind == "circle" else (length("rx"), length("ry"))
+        rx, ry = (ry if rx is None else rx), (rx if ry is None else ry)  # SVG 2: a missing one is 'auto'
+        if None in (cx, cy, rx, ry):
+            return None
+        return placement.ellipse_box(matrix, cx, cy, rx, ry) if rx > 0 and ry > 0 else ()
+    if kind == "rect":
+        x, y, width, height = length("x", 0.0), length("y", 0.0), length("width"), length("height")
+        if None in (x, y, width, height):
+            return None
+        corners = [(x, y), (x + width, y), (x, y + height), (x + width, y + height)]
+        return placement.points_box(matrix, corners) if width > 0 and height > 0 else ()
+    if kind == "line":
+        ends = [(length("x1", 0.0), length("y1", 0.0)), (length("x2", 0.0), length("y2", 0.0))]
+        return None if None in sum(ends, ()) else placement.points_box(matrix, ends)
+    if kind in ("polygon", "polyline"):
+        numbers = re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", shape.attrib.get("points") or "")
+        points = list(zip(map(float, numbers[0::2]), map(float, numbers[1::2])))
+        return placement.points_box(matrix, points) if len(points) >= 2 else ()
+    return None
 
 
 class ClipassoSketch(inkex.EffectExtension):
@@ -304,28 +347,32 @@ class ClipassoSketch(inkex.EffectExtension):
             x, y, width, height = placement.image_rect(attributes, size, frames[1].size)
             pixels_to_user = placement.image_placement(x, y, width, height, size,
                                                        image.get("preserveAspectRatio"))
-            visible = (x, y, x + width, y + height)
-            for clip_box in self.clip_boxes(frames):
-                visible = placement.intersect_boxes(visible, clip_box)
+            # measured in the raster's pixels: a clip shape's box there is exact under any rotation
+            to_pixels = placement.invert(placement.compose(frames[0].outer, pixels_to_user))
+            visible = placement.mapped_box(placement.invert(pixels_to_user), (x, y, x + width, y + height))
+            for box in self.clip_boxes(frames, to_pixels):
+                visible = placement.intersect_boxes(visible, box)
                 if visible is None:  # clipped away entirely: nothing shows, sketch it whole
                     return None
-            return placement.visible_pixel_box(pixels_to_user, size, visible)
+            return placement.whole_pixel_box(size, visible)
         except (ValueError, ZeroDivisionError):  # no size or a singular transform: placement says so later
             return None
 
-    def clip_boxes(self, frames):
-        """The bounds of each clip on the image's way to the root, in the image's user space: the
-        clip-paths on it, its ancestors and clones, and the viewports of nested <svg>s and cloned
-        <symbol>s. A clip whose bounds are unknown is skipped: the sketch then covers more than shows."""
-        to_image = placement.invert(frames[0].outer)
+    def clip_boxes(self, frames, to_pixels):
+        """The bounds of each clip on the image's way to the root, in the image's pixels (to_pixels:
+        the root's user space -> pixels): the clip-paths on it, its ancestors and clones, and the
+        viewports of nested <svg>s and cloned <symbol>s. A clip whose bounds are unknown is skipped:
+        the sketch then covers more than shows."""
         for frame in frames:
+            # clip units are the clipped node's user space (its transform included), and so is a viewport
+            matrix = placement.compose(to_pixels, frame.outer)
             clip_id = clip_reference(frame.node)
             clip = self.clip_path(clip_id) if clip_id else None
-            box = clip_content_box(clip) if clip is not None else None
-            # clip units are the clipped node's user space (its transform included), and so is a viewport
-            for known in (box, frame.clip):
-                if known is not None:
-                    yield placement.mapped_box(placement.compose(to_image, frame.outer), known)
+            box = clip_box(clip, matrix) if clip is not None else None
+            if box is not None:
+                yield box
+            if frame.clip is not None:
+                yield placement.mapped_box(matrix, frame.clip)
 
     def clip_path(self, clip_id):
         """The <clipPath> with that id; looked up by walking, as ids may hold any character."""
