@@ -307,13 +307,42 @@ class ClipassoSketch(inkex.EffectExtension):
         for candidate in candidates:
             if candidate and os.path.isfile(os.path.expanduser(candidate)):
                 return self.checked_link(os.path.expanduser(candidate), name)
-        # Inkscape hands us a copy of the document in a temp folder: name the link as the designer
-        # wrote it, and where we looked (issue 8 item 5).
-        saved = self.svg_path()
-        resolved = os.path.join(saved, urllib.parse.unquote(href)) if saved and scheme != "file" \
-            and not os.path.isabs(urllib.parse.unquote(href)) else (candidates[0] if candidates else href)
-        abort(f"The linked image file of {name!r} was not found: the document links to {href!r}, "
-              f"which is {resolved}; relink or embed the image and try again.")
+        written, folder = self.link_as_written(href, scheme)
+        if folder is None:
+            abort(f"The linked image file of {name!r} was not found: the document links to {written!r}, "
+                  f"relative to its own folder, but the document has not been saved yet: save it, or "
+                  f"relink or embed the image, and try again.")
+        abort(f"The linked image file of {name!r} was not found: the document links to {written!r}, "
+              f"looked for in {folder}; relink or embed the image and try again.")
+
+    def link_as_written(self, href, scheme):
+        """-> (the link as the designer wrote it, the folder its file was looked for in; None when a
+        relative link belongs to a document never saved). Inkscape hands the script a copy of the
+        document in a temporary folder, its relative links rewritten to point from there (measured,
+        Inkscape 1.2.2: 'photos/a%20b.png' in '/home/me/my drawings/doc.svg' arrives in /tmp as
+        '../home/me/my%20drawings/photos/a%20b.png'): taken back to the saved document's folder, the
+        link reads as written (issue 18 item 3)."""
+        if scheme == "file":
+            path = urllib.request.url2pathname(urllib.parse.urlparse(href).path)
+            return href, os.path.dirname(path)
+        if os.path.isabs(urllib.parse.unquote(href)):
+            return href, os.path.dirname(urllib.parse.unquote(href))
+        copy_folder = os.path.dirname(os.path.abspath(self.options.input_file)) \
+            if isinstance(self.options.input_file, str) else None
+        saved = self.document_path()  # None: not started by Inkscape; "": a document never saved
+        if saved == "":
+            return href, None
+        saved_folder = os.path.dirname(os.path.abspath(saved)) if saved else copy_folder
+        written = href
+        if copy_folder and saved_folder and copy_folder != saved_folder:  # undo Inkscape's rebasing
+            target = os.path.join(copy_folder, urllib.parse.unquote(href))
+            written = os.path.relpath(target, saved_folder).replace(os.sep, "/")
+            if "%" in href:  # Inkscape wrote it %-escaped (a space as %20), as it writes links
+                written = urllib.parse.quote(written, safe="/")
+        if saved_folder is None:
+            return written, None
+        looked = os.path.join(saved_folder, urllib.parse.unquote(written))
+        return written, os.path.dirname(os.path.normpath(looked))
 
     @staticmethod
     def checked_link(path, name):

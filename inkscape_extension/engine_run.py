@@ -24,6 +24,12 @@ except ImportError:  # a checkout: the repo root holds clipasso_engine (its __in
 
 STOP_GRACE_S = 3.0        # after closing stdin, and again after SIGTERM
 STALL_TIMEOUT_S = 1800.0  # no line from the engine for this long -> stop it (loading/downloading emit status)
+# Memory, read here while the engine runs, since the wire carries no memory use: after a SIGKILL it
+# says whether the system's out-of-memory killer is the likely cause (issue 18 item 3).
+MEMORY_SAMPLE_S = 1.0     # at most one reading of /proc a second
+# Short of memory: less left than this share of it, or less than the engine itself held (its next
+# step may well ask for as much again before the next reading).
+SHORT_OF_MEMORY_SHARE = 0.10
 
 
 LIVE = set()  # engines not yet stopped, for stop_all() from a signal handler
@@ -83,6 +89,8 @@ class EngineProcess:
         self.done = None                  # the done event
         self.error = None                 # the engine's error event, if any
         self.last_progress = None
+        self.last_memory = None           # read_memory() at the latest reading, None where unknown
+        self._memory_read_at = None
         self.last_heard = time.monotonic()
         self._stdout_done = threading.Event()
         kwargs = {}
@@ -124,6 +132,7 @@ class EngineProcess:
                 events.append(self.events.get_nowait())
         except queue.Empty:
             pass
+        self._read_memory()
         for event in events:
             self.last_heard = time.monotonic()
             kind = event["event"]
@@ -146,6 +155,16 @@ class EngineProcess:
             self.log_file.flush()
         except (OSError, ValueError):
             pass
+
+    def _read_memory(self):
+        """One reading of the engine's and the machine's memory a second (the last one before a
+        SIGKILL is what describe_kill weighs)."""
+        now = time.monotonic()
+        if self._memory_read_at is not None and now - self._memory_read_at < MEMORY_SAMPLE_S:
+            return
+        self._memory_read_at = now
+        if self.process.poll() is None:  # a reading after the end would only show the memory freed
+            self.last_memory = read_memory(self.process.pid) or self.last_memory
 
     @property
     def finished(self):
@@ -208,21 +227,112 @@ class EngineProcess:
                 raise EngineCancelled("Cancelled: the document was not changed.")
             message = str(self.error.get("message") or "unknown error").strip()
             raise EngineFailed(f"CLIPasso could not make the sketch: {message} (details in {log_path})")
-        if code is not None and code < 0:  # killed by a signal: on Linux, usually the OOM killer
-            raise EngineFailed(describe_kill(-code, log_path))
+        if code is not None and code < 0:  # killed by a signal: by whom, the memory readings suggest
+            self._log_memory(-code)
+            raise EngineFailed(describe_kill(-code, log_path, self.last_memory))
         raise EngineFailed(f"The CLIPasso engine stopped unexpectedly (exit status {code}) without "
                            f"a result; the details are in {log_path}")
 
 
-def describe_kill(signum, log_path):
-    """A sentence for an engine the system stopped (issue 8 item 6), instead of "exit status -9"."""
+    def _log_memory(self, signum):
+        reading = self.last_memory
+        text = "no memory reading" if reading is None else (
+            f"last memory reading {time.monotonic() - reading['time']:.1f} s before: engine "
+            f"{gigabytes(reading['engine'])} resident, {gigabytes(reading['available'])} of "
+            f"{gigabytes(reading['total'])} available")
+        try:
+            self.log_file.write(f"== engine killed by signal {signum}; {text}\n".encode("utf-8"))
+            self.log_file.flush()
+        except (OSError, ValueError):
+            pass
+
+
+# --- memory, from /proc (Linux; elsewhere unknown) ---------------------------------------------------
+def read_memory(pid, proc="/proc", cgroup_root="/sys/fs/cgroup"):
+    """{'engine': resident bytes of pid (None if unreadable), 'available', 'total': bytes the
+    machine, or the memory cgroup we run in when its limit is lower, has left and has, 'time'};
+    None where /proc/meminfo cannot be read."""
+    try:
+        machine = _kib_fields(os.path.join(proc, "meminfo"))
+        available, total = machine["MemAvailable"], machine["MemTotal"]
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        engine = _kib_fields(os.path.join(proc, str(pid), "status"))["VmRSS"]
+    except (OSError, KeyError, ValueError):
+        engine = None
+    limit = _cgroup_memory(proc, cgroup_root)
+    if limit is not None:  # a container's limit is what its out-of-memory killer enforces
+        total, available = min(total, limit[0]), min(available, max(0, limit[0] - limit[1]))
+    return {"engine": engine, "available": available, "total": total, "time": time.monotonic()}
+
+
+def _kib_fields(path):
+    """'Name:   123 kB' lines -> {name: bytes} (the lines without a kB value are left out)."""
+    fields = {}
+    with open(path, encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            name, _, rest = line.partition(":")
+            words = rest.split()
+            if len(words) == 2 and words[1] == "kB" and words[0].isdigit():
+                fields[name.strip()] = int(words[0]) * 1024
+    return fields
+
+
+def _cgroup_memory(proc, cgroup_root):
+    """(limit, usage) in bytes of our cgroup v2 memory controller, or None (no limit, or v1)."""
+    try:
+        with open(os.path.join(proc, "self", "cgroup"), encoding="utf-8") as handle:
+            paths = [line.strip()[3:] for line in handle if line.startswith("0::")]
+        folder = os.path.join(cgroup_root, paths[0].lstrip("/")) if paths else None
+        with open(os.path.join(folder, "memory.max"), encoding="ascii") as handle:
+            limit = handle.read().strip()
+        with open(os.path.join(folder, "memory.current"), encoding="ascii") as handle:
+            usage = int(handle.read().strip())
+    except (OSError, ValueError, TypeError):
+        return None
+    return None if limit == "max" else (int(limit), usage)
+
+
+def short_of_memory(reading):
+    """True when the reading makes running out of memory plausible, False when it does not,
+    None when there is no reading."""
+    if reading is None:
+        return None
+    needed = max(SHORT_OF_MEMORY_SHARE * reading["total"], reading.get("engine") or 0)
+    return reading["available"] < needed
+
+
+def gigabytes(count):
+    return "?" if count is None else f"{count / 2**30:.1f} GB"
+
+
+MEMORY_ADVICE = ("try fewer seeds, the Fast quality, fewer images or stroke counts at once, or the other "
+                 "device (Run on: CPU or GPU)")
+
+
+def describe_kill(signum, log_path, reading=None):
+    """A sentence for an engine stopped by a signal (issue 8 item 6, issue 18 item 3): it says it was
+    stopped, and names memory as the likely cause only when the last reading makes that plausible
+    (the system's out-of-memory killer sends SIGKILL; a person or a process manager may too)."""
     try:
         name = signal.Signals(signum).name
     except ValueError:
         name = f"signal {signum}"
-    return (f"The CLIPasso engine was stopped by the system ({name}), most likely because the computer ran "
-            f"out of memory: try fewer seeds, the Fast quality, fewer images or stroke counts at once, or "
-            f"the other device (Run on: CPU or GPU); the details are in {log_path}")
+    stopped = f"The CLIPasso engine was stopped from outside ({name}: by a person, a process manager or the system)"
+    if signum != getattr(signal, "SIGKILL", 9):  # the out-of-memory killer sends only SIGKILL
+        return f"{stopped}; run it again; the details are in {log_path}"
+    short = short_of_memory(reading)
+    if short:
+        return (f"The CLIPasso engine was stopped by the system ({name}), most likely because the computer "
+                f"ran out of memory (the engine held {gigabytes(reading['engine'])}, with "
+                f"{gigabytes(reading['available'])} left, a moment before): {MEMORY_ADVICE}; the details "
+                f"are in {log_path}")
+    if short is None:  # no reading: memory can be neither named nor ruled out
+        return (f"{stopped}; run it again, and if the computer was short of memory, {MEMORY_ADVICE}; "
+                f"the details are in {log_path}")
+    return (f"{stopped}, with {gigabytes(reading['available'])} of memory still free a moment before, "
+            f"so not for lack of memory; run it again; the details are in {log_path}")
 
 
 def stop_all(grace_s=STOP_GRACE_S):

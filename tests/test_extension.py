@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import stat
 import sys
@@ -31,6 +32,7 @@ from inkex.tester.inx import InxMixin  # noqa: E402
 import clipasso_sketch  # noqa: E402
 import engine_run  # noqa: E402
 import placement  # noqa: E402
+import progress_window  # noqa: E402
 import raster_size  # noqa: E402
 from clipasso_sketch import ClipassoSketch  # noqa: E402
 
@@ -358,6 +360,118 @@ class TestProgressWindow(unittest.TestCase):
         self.assertIsNotNone(report["exit_codes"][0])
 
 
+GEOMETRY_SCRIPT = r"""
+import json, os, re, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import gi
+gi.require_version("Gtk", "3.0")
+import engine_run, progress_window
+from gi.repository import GLib, Gtk
+folder, double, photo, images, levels = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+log = open(os.path.join(folder, "log"), "wb")
+command = ["env", "ENGINE_DOUBLE_MODE=hang", sys.executable, double, "sketch", *([photo] * images),
+           "-o", os.path.join(folder, "out"), "--strokes", levels]
+title = " + ".join(["a photo with a rather long file name.png"] * images) + ": " + levels + " strokes"
+report = {}
+def box(widget, window):
+    x, y = widget.translate_coordinates(window, 0, 0)
+    return [x, y, widget.get_allocated_width(), widget.get_allocated_height()]
+def measure(window, cancel, keep):
+    report["window"] = list(window.get_size())
+    report["scale"] = window.get_scale_factor()
+    report["buttons"] = [box(b, window) for b in (cancel, keep)]
+    areas = []
+    def walk(w):
+        if isinstance(w, Gtk.DrawingArea):
+            areas.append(box(w, window))
+        if isinstance(w, Gtk.Container):
+            for c in w.get_children():
+                walk(c)
+    walk(window)
+    report["drawings"] = areas
+    # what the X server says: the real window, in device pixels
+    text = subprocess.run(["xwininfo", "-name", "CLIPasso Sketch"], capture_output=True, text=True).stdout
+    report["x11"] = [int(re.search(k + r":\s+(-?\d+)", text).group(1)) for k in
+                     ("Absolute upper-left X", "Absolute upper-left Y", "Width", "Height")]
+    text = subprocess.run(["xwininfo", "-root"], capture_output=True, text=True).stdout
+    report["screen"] = [int(re.search(k + r":\s+(\d+)", text).group(1)) for k in ("Width", "Height")]
+    cancel.clicked()
+    return False
+shown = lambda window, cancel, keep: GLib.timeout_add(2500, lambda: measure(window, cancel, keep))
+try:
+    progress_window.run_with_window(title, command, lambda c: engine_run.EngineProcess(c, log), "LOG",
+                                    on_shown=shown, image_paths=[photo] * images)
+except engine_run.EngineCancelled:
+    pass
+print(json.dumps(report))
+"""
+
+
+def window_fits(test, report, jobs):
+    """The real window (X11 geometry) lies on the screen, every button lies inside it, and there is
+    one square drawing per job (issue 16 item 4)."""
+    x, y, width, height = report["x11"]
+    screen_w, screen_h = report["screen"]
+    test.assertTrue(0 <= x and 0 <= y and x + width <= screen_w and y + height <= screen_h, report)
+    scale = report["scale"]
+    test.assertEqual([width, height], [scale * v for v in report["window"]], "GTK and X agree on the size")
+    for bx, by, bw, bh in report["buttons"]:
+        test.assertTrue(bw > 20 and bh > 10 and 0 <= bx and bx + bw <= report["window"][0]
+                        and 0 <= by and by + bh <= report["window"][1], report)
+    test.assertEqual(len(report["drawings"]), jobs)
+    for _, _, dw, dh in report["drawings"]:
+        test.assertEqual(dw, dh, report)
+        test.assertGreaterEqual(dw, progress_window.MIN_THUMB_PX)
+
+
+@unittest.skipUnless(system_gtk_available() and shutil.which("xwininfo"),
+                     "needs xvfb-run, GTK 3 for the system Python and xwininfo (apt: x11-utils)")
+class TestProgressWindowGeometry(unittest.TestCase):
+    """The window on a 1024 x 768 screen, measured by the X server, at GDK_SCALE 1 and 2; with the
+    old fixed layout 1 image x 3 levels (2x) and 2 x 3 (1x) ran off the bottom of the screen."""
+
+    def measure(self, images, levels, scale):
+        import subprocess
+        folder = tempfile.mkdtemp(prefix="clipasso-geometry-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = os.path.join(folder, "geometry.py")
+        with open(script, "w", encoding="utf-8") as handle:
+            handle.write(GEOMETRY_SCRIPT)
+        env = {k: v for k, v in os.environ.items() if k not in ("CLIPASSO_NO_WINDOW", "DISPLAY")}
+        env["GDK_SCALE"] = str(scale)
+        done = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1024x768x24", SYSTEM_PYTHON, script,
+                               os.path.join(REPO, "inkscape_extension"), folder, DOUBLE,
+                               os.path.join(DATA, "photo_40x20.png"), str(images), levels],
+                              capture_output=True, timeout=120, env=env)
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+    def test_fits_1024_by_768(self):
+        for images, levels, scale in ((1, "16", 1), (1, "16", 2), (1, "8,16,32", 2), (2, "8,16,32", 1),
+                                      (4, "4,8,16,32", 1), (4, "4,8,16,32", 2)):
+            with self.subTest(images=images, levels=levels, scale=scale):
+                report = self.measure(images, levels, scale)
+                self.assertEqual(report["scale"], scale)
+                window_fits(self, report, images * len(levels.split(",")))
+                if images * len(levels.split(",")) <= 3 and scale == 1:  # room enough: full size
+                    self.assertEqual(report["drawings"][0][2], progress_window.THUMB_PX)
+
+
+class TestGalleryLayout(unittest.TestCase):
+    def test_largest_square_that_fits(self):
+        self.assertEqual(progress_window.gallery_layout(1, 900, 600, 20), (1, progress_window.THUMB_PX))
+        # three across a wide, short space: side by side
+        self.assertEqual(progress_window.gallery_layout(3, 900, 200, 20), (3, 150))
+        # six in 460 x 150 (a 1024 x 768 screen at 2x): one row of six, 70 px each
+        columns, side = progress_window.gallery_layout(6, 460, 150, 20)
+        self.assertEqual((columns, side), (6, int((460 - 5 * progress_window.SPACING) / 6)))
+
+    def test_too_many_scroll_at_the_smallest_size(self):
+        columns, side = progress_window.gallery_layout(100, 460, 150, 20)
+        self.assertEqual(side, progress_window.MIN_THUMB_PX)
+        self.assertLessEqual(columns * side + (columns - 1) * progress_window.SPACING, 460)
+
+
 # --- inkscape --batch-process: no dialog, no window (issue 16 item 3) -----------------------------
 FAKE_INKSCAPE = r"""
 import json, subprocess, sys
@@ -507,19 +621,48 @@ class TestErrors(DoubleEngineMixin, TestCase):
     def test_missing_linked_file(self):
         # the link as written in the document, and where that is (issue 8 item 5)
         self.assertAborted(self.run_extension("--id=broken_link"), "was not found",
-                           "links to 'does_not_exist.png'", os.path.join(DATA, "does_not_exist.png"),
-                           "relink or embed")
+                           "links to 'does_not_exist.png'", f"looked for in {DATA};", "relink or embed")
 
-    def test_missing_link_named_against_the_saved_document(self):
-        """Inkscape hands the script a temp copy: the message names the saved document's folder."""
-        copy = os.path.join(self.tempdir, "inkscape-copy", "placement.svg")
-        os.makedirs(os.path.dirname(copy))
-        with open(os.path.join(DATA, "placement.svg"), "rb") as src, open(copy, "wb") as dst:
-            dst.write(src.read())
-        os.environ["DOCUMENT_PATH"] = os.path.join(DATA, "placement.svg")
-        errors = self.assertAborted(self.run_extension("--id=broken_link", document=copy), "was not found")
-        self.assertIn(os.path.join(DATA, "does_not_exist.png"), errors)
+    def inkscape_copy(self, saved, href):
+        """What Inkscape 1.2.2 hands the script for a saved document linking to href (measured:
+        TestInkscapeRebasesLinks): a copy in another folder, the relative link rewritten to point
+        from there. -> the copy's path; DOCUMENT_PATH names the saved document."""
+        copy = os.path.join(self.tempdir, "inkscape-copy", "ink_ext_XXXXXX.svgAB12CD")
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        import urllib.parse
+        target = os.path.join(os.path.dirname(saved), urllib.parse.unquote(href))
+        rebased = urllib.parse.quote(os.path.relpath(target, os.path.dirname(copy)), safe="/")
+        with open(copy, "w", encoding="utf-8") as handle:
+            handle.write('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                         f'width="100" height="100"><image id="im" width="40" height="20" xlink:href="{rebased}"/></svg>')
+        os.environ["DOCUMENT_PATH"] = saved
+        return copy
+
+    def test_missing_link_named_as_written_in_the_saved_document(self):
+        """Issue 18 item 3: not the link Inkscape rewrote for its temporary copy, nor the copy's folder."""
+        saved = os.path.join(self.tempdir, "my drawings", "poster.svg")
+        copy = self.inkscape_copy(saved, "photos/missing%20one.png")
+        errors = self.assertAborted(self.run_extension("--id=im", document=copy), "was not found",
+                                    "links to 'photos/missing%20one.png'",
+                                    f"looked for in {os.path.join(self.tempdir, 'my drawings', 'photos')};")
         self.assertNotIn("inkscape-copy", errors)
+        self.assertNotIn("..", errors)
+
+    def test_missing_link_above_the_saved_document(self):
+        saved = os.path.join(self.tempdir, "a", "b", "poster.svg")
+        copy = self.inkscape_copy(saved, "../pictures/cat.png")
+        self.assertAborted(self.run_extension("--id=im", document=copy), "links to '../pictures/cat.png'",
+                           f"looked for in {os.path.join(self.tempdir, 'a', 'pictures')};")
+
+    def test_missing_absolute_link(self):
+        self.assertAborted(self.linked("/nowhere/at all/gone.png"), "links to '/nowhere/at all/gone.png'",
+                           "looked for in /nowhere/at all;")
+        self.assertAborted(self.linked("file:///nowhere/at%20all/gone.png"),
+                           "links to 'file:///nowhere/at%20all/gone.png'", "looked for in /nowhere/at all;")
+
+    def test_missing_link_in_a_document_never_saved(self):
+        os.environ["DOCUMENT_PATH"] = ""  # what Inkscape sets for a new document
+        self.assertAborted(self.linked("photo.png"), "links to 'photo.png'", "has not been saved yet")
 
     def test_huge_linked_file_refused_before_reading(self):
         big = os.path.join(self.tempdir, "huge.png")
@@ -553,11 +696,52 @@ class TestErrors(DoubleEngineMixin, TestCase):
         self.assertAborted(self.run_extension("--id=im", "--strokes=1", document=infile),
                            "scaled to zero", "'outer'")
 
-    def test_engine_killed_by_the_system(self):
+    def killed_with(self, reading):
+        """Run the double that SIGKILLs itself, the memory readings replaced by `reading`."""
         os.environ["ENGINE_DOUBLE_MODE"] = "killed"
-        errors = self.assertAborted(self.run_extension("--id=plain"), "stopped by the system", "SIGKILL",
-                                    "out of memory", "fewer seeds", "Fast", self.log_path)
-        self.assertNotIn("-9", errors)
+        saved = engine_run.read_memory
+        engine_run.read_memory = lambda pid: None if reading is None else dict(reading, time=time.monotonic())
+        try:
+            return self.run_extension("--id=plain")
+        finally:
+            engine_run.read_memory = saved
+
+    def test_engine_killed_short_of_memory(self):
+        """Issue 18 item 3: memory is named when the last reading makes it plausible."""
+        gib = 2 ** 30
+        for reading in ({"engine": 3 * gib, "available": gib // 2, "total": 16 * gib},  # less left than it held
+                        {"engine": gib // 10, "available": gib, "total": 16 * gib}):  # under 10 % left
+            errors = self.assertAborted(self.killed_with(reading), "stopped by the system", "SIGKILL",
+                                        "ran out of memory", "fewer seeds", "Fast", self.log_path)
+            self.assertNotIn("-9", errors)
+        self.assertIn("(the engine held 0.1 GB, with 1.0 GB left, a moment before)", errors)
+
+    def test_engine_killed_with_memory_to_spare(self):
+        """A person or a process manager: stopped, and memory ruled out."""
+        gib = 2 ** 30
+        errors = self.assertAborted(self.killed_with({"engine": gib, "available": 8 * gib, "total": 16 * gib}),
+                                    "was stopped from outside (SIGKILL: by a person, a process manager or the system)",
+                                    "8.0 GB of memory still free", "not for lack of memory", self.log_path)
+        self.assertNotIn("fewer seeds", errors)
+        with open(self.log_path, encoding="utf-8") as handle:
+            self.assertIn("== engine killed by signal 9; last memory reading", handle.read())
+
+    def test_engine_killed_without_a_memory_reading(self):
+        errors = self.assertAborted(self.killed_with(None), "was stopped from outside (SIGKILL",
+                                    "if the computer was short of memory, try fewer seeds")
+        self.assertNotIn("most likely", errors)
+
+    def test_engine_killed_reads_the_real_memory(self):
+        """Linux: the readings come from /proc while the engine runs (here, with memory to spare)."""
+        if not os.path.exists("/proc/meminfo"):
+            self.skipTest("needs /proc")
+        reading = engine_run.read_memory(os.getpid())
+        self.assertGreater(reading["total"], reading["available"])
+        self.assertGreater(reading["engine"], 1 << 20)
+        os.environ["ENGINE_DOUBLE_MODE"] = "killed"
+        errors = self.assertAborted(self.run_extension("--id=plain"), "SIGKILL")
+        if not engine_run.short_of_memory(reading):
+            self.assertIn("of memory still free a moment before", errors)
 
     def test_web_link(self):
         infile = os.path.join(self.tempdir, "web.svg")
@@ -626,6 +810,67 @@ class TestErrors(DoubleEngineMixin, TestCase):
         # not_an_image.png is refused by its header, before any engine runs
         self.assertAborted(self.run_extension("--id=plain", "--id=not_image"), "not_image", "is not a PNG")
         self.assertFalse(os.path.exists(self.record), "the engine must not run")
+
+
+DUMP_INX = """<?xml version="1.0" encoding="UTF-8"?>
+<inkscape-extension xmlns="http://www.inkscape.org/namespace/inkscape/extension">
+  <name>Dump</name><id>org.clipasso.test_dump</id>
+  <effect needs-live-preview="false"><object-type>all</object-type>
+    <effects-menu><submenu name="Test"/></effects-menu></effect>
+  <script><command location="inx" interpreter="python">dump.py</command></script>
+</inkscape-extension>
+"""
+DUMP_PY = """import json, os, shutil, sys
+kept = os.path.join(os.path.dirname(sys.argv[-1]), "received.svg")  # beside Inkscape's copy: same links
+shutil.copy(sys.argv[-1], kept)
+with open(os.environ["DUMP_TO"], "w") as handle:
+    json.dump({"input": sys.argv[-1], "kept": kept, "DOCUMENT_PATH": os.environ.get("DOCUMENT_PATH")}, handle)
+with open(sys.argv[-1], "rb") as handle:
+    sys.stdout.buffer.write(handle.read())
+"""
+
+
+@unittest.skipUnless(all(__import__("shutil").which(tool) for tool in ("inkscape", "xvfb-run")),
+                     "needs Inkscape and xvfb-run")
+class TestInkscapeRebasesLinks(DoubleEngineMixin, TestCase):
+    """What real Inkscape hands an extension for a saved document with a relative link: a copy in
+    a temporary folder, the link rewritten to point from there. The missing-file message, given that
+    copy, still names the link as written and the saved document's folder (issue 18 item 3)."""
+
+    def test_message_names_the_link_as_written(self):
+        import subprocess
+        profile = os.path.join(self.tempdir, "profile")
+        os.makedirs(os.path.join(profile, "extensions"))
+        for name, text in (("dump.inx", DUMP_INX), ("dump.py", DUMP_PY)):
+            with open(os.path.join(profile, "extensions", name), "w", encoding="utf-8") as handle:
+                handle.write(text)
+        saved = os.path.join(self.tempdir, "my drawings", "poster.svg")
+        os.makedirs(os.path.dirname(saved))
+        with open(saved, "w", encoding="utf-8") as handle:
+            handle.write('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                         'width="100" height="100"><image id="im" width="40" height="20" '
+                         'xlink:href="photos/missing%20one.png"/></svg>')
+        report = os.path.join(self.tempdir, "received.json")
+        inkscape_tmp = os.path.join(self.tempdir, "inkscape-tmp")  # where Inkscape puts its copy
+        os.makedirs(inkscape_tmp)
+        env = dict(os.environ, INKSCAPE_PROFILE_DIR=profile, DUMP_TO=report, TMPDIR=inkscape_tmp)
+        subprocess.run(["timeout", "--kill-after=10", "120", "xvfb-run", "-a", "inkscape", "--batch-process",
+                        "--actions=select-by-id:im;org.clipasso.test-dump.noprefs", saved],
+                       env=env, capture_output=True, timeout=150)
+        with open(report, encoding="utf-8") as handle:
+            received = json.load(handle)
+        dumped = received["kept"]
+        self.assertEqual(os.path.dirname(dumped), inkscape_tmp)
+        with open(dumped, encoding="utf-8") as handle:
+            rewritten = re.search(r'xlink:href="([^"]+)"', handle.read()).group(1)
+        self.assertEqual(received["DOCUMENT_PATH"], saved)
+        self.assertNotEqual(rewritten, "photos/missing%20one.png", "Inkscape 1.2.2 rebases the link")
+        os.environ["DOCUMENT_PATH"] = saved
+        status, errors, output, _ = self.run_extension("--id=im", document=dumped)
+        self.assertEqual(output, b"")
+        self.assertIn("links to 'photos/missing%20one.png', looked for in "
+                      f"{os.path.join(self.tempdir, 'my drawings', 'photos')};", errors)
+        self.assertNotIn(rewritten, errors)
 
 
 # --- what the engine is asked for -------------------------------------------------------------
@@ -1012,6 +1257,46 @@ class TestVisibleCrop(DoubleEngineMixin, TestCase):
 
 
 # --- the process side: events, ETA, cancel ------------------------------------------------------
+class TestMemoryReadings(unittest.TestCase):
+    """engine_run.read_memory on a made-up /proc (and cgroup v2 tree)."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="clipasso-proc-")
+        self.addCleanup(lambda: __import__("shutil").rmtree(self.folder, ignore_errors=True))
+
+    def write(self, path, text):
+        path = os.path.join(self.folder, path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    def test_machine_engine_and_container(self):
+        self.write("proc/meminfo", "MemTotal:       16384000 kB\nMemFree:  100 kB\nMemAvailable:    8192000 kB\n")
+        self.write("proc/42/status", "Name:\tpython\nVmRSS:\t  2048000 kB\nThreads:\t4\n")
+        self.write("proc/self/cgroup", "0::/user.slice/app\n")
+        proc, cgroup = os.path.join(self.folder, "proc"), os.path.join(self.folder, "cgroup")
+        reading = engine_run.read_memory(42, proc, cgroup)
+        self.assertEqual((reading["total"], reading["available"], reading["engine"]),
+                         (16384000 * 1024, 8192000 * 1024, 2048000 * 1024))
+        self.write("cgroup/user.slice/app/memory.max", "max\n")
+        self.write("cgroup/user.slice/app/memory.current", "123\n")
+        self.assertEqual(engine_run.read_memory(42, proc, cgroup)["total"], 16384000 * 1024)  # no limit
+        self.write("cgroup/user.slice/app/memory.max", str(4 * 2 ** 30))
+        self.write("cgroup/user.slice/app/memory.current", str(3 * 2 ** 30 + 2 ** 29))
+        reading = engine_run.read_memory(42, proc, cgroup)  # the container's limit is the one that kills
+        self.assertEqual((reading["total"], reading["available"]), (4 * 2 ** 30, 2 ** 29))
+        self.assertTrue(engine_run.short_of_memory(reading))  # 0.5 GB left, the engine held 2 GB
+        self.assertIsNone(engine_run.read_memory(43, proc, cgroup)["engine"])  # gone: unknown, not zero
+        self.assertIsNone(engine_run.read_memory(42, os.path.join(self.folder, "nothing"), cgroup))
+
+    def test_signals_other_than_sigkill_never_blame_memory(self):
+        short = {"engine": 2 ** 30, "available": 0, "total": 2 ** 34, "time": 0.0}
+        self.assertIn("most likely because the computer ran out of memory", engine_run.describe_kill(9, "LOG", short))
+        text = engine_run.describe_kill(15, "LOG", short)
+        self.assertIn("stopped from outside (SIGTERM", text)
+        self.assertNotIn("memory", text)
+
+
 class TestEngineRun(unittest.TestCase):
     def setUp(self):
         self.folder = tempfile.mkdtemp(prefix="clipasso-run-")
