@@ -107,8 +107,11 @@ class Instance:
 
 def images_shown_by(element):
     """Every Instance the selected element shows: itself when it is an <image>, else the images
-    under it as rendered (through clones, a <switch>'s chosen child; not inside <defs>)."""
+    under it as rendered (through clones, a <switch>'s chosen child; not inside <defs>). Nothing
+    for an element inside <defs>, a <symbol> or a <clipPath>: it shows only where it is cloned."""
     above = tuple(element.iterancestors())
+    if any(kind(node) in NOT_RENDERED for node in above):  # picked in the XML editor: drawn nowhere there
+        return []
     return [Instance(tuple(reversed(path)) + above) for path in _paths_down(element, (), 0)]
 
 

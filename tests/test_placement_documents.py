@@ -214,6 +214,20 @@ class TestDocumentTree(unittest.TestCase):
                                               "sym_image", "def_image", "sym_image", "in_link", "in_link",
                                               "switch_shown"])
 
+    def test_an_original_inside_defs_shows_nothing_where_it_stands(self):
+        self.assertEqual(self.shown("sym_image"), [])  # picked in the XML editor: sketch its clone instead
+        self.assertEqual(self.shown("def_image"), [])
+        self.assertEqual(self.shown("sym"), [])
+
+    def test_a_clone_without_size_gives_its_symbol_the_whole_viewport(self):
+        svg = inkex.load_svg(io.BytesIO(
+            b'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" viewBox="0 0 400 300">'
+            b'<symbol id="s" viewBox="0 0 40 30"><image id="im" width="40" height="20"/></symbol>'
+            b'<use id="u" xlink:href="#s" x="5"/></svg>')).getroot()
+        [instance] = document_tree.images_shown_by(svg.getElementById("u"))
+        # 100 % of 400 x 300: the 40 x 30 viewBox at scale 10, then x = 5
+        self.assertEqual(instance.frames(clipasso_sketch.parse_transform)[0].outer, (10, 0, 0, 10, 5, 0))
+
     def test_switch_languages(self):
         switch = inkex.load_svg(io.BytesIO(
             b'<svg xmlns="http://www.w3.org/2000/svg"><switch><g id="de" systemLanguage="de, fr"/>'
