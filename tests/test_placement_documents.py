@@ -257,8 +257,8 @@ class TestDocumentTree(unittest.TestCase):
         self.assertIsNone(visible.frames(clipasso_sketch.parse_transform)[1].clip)
 
     def test_zero_sized_viewport_is_a_value_error(self):
-        svg = inkex.load_svg(io.BytesIO(
-            b'<svg xmlns="http://www.w3.org/2000/svg"><svg width="0" height="10"><image id="im"/></svg></svg>')).getroot()
+        svg = inkex.load_svg(io.BytesIO(b'<svg xmlns="http://www.w3.org/2000/svg">'
+                                        b'<svg width="0" height="10"><image id="im"/></svg></svg>')).getroot()
         [instance] = document_tree.images_shown_by(svg.getElementById("im"))
         with self.assertRaises(ValueError):
             instance.frames(clipasso_sketch.parse_transform)
