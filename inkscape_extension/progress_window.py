@@ -3,7 +3,9 @@ time left and a Cancel that works. Inkscape's own "working" dialog cannot cancel
 and its UI is frozen while the script runs, so this window is the only way to stop a long run.
 
 One engine process serves one Apply (every image and stroke count); a GLib timeout drains its
-event queue ten times a second. Cancel, or closing the window, stops the engine (stdin, SIGTERM,
+event queue ten times a second. The window is as large as its content and stays centred on the
+screen: the drawings (square) shrink, and go into more columns, until the whole window fits the
+monitor's work area (at any GDK_SCALE); past the smallest size the drawings scroll. Cancel, or closing the window, stops the engine (stdin, SIGTERM,
 SIGKILL: EngineProcess.stop); Keep current sketch sends the wire's finish command, after which the
 engine returns normal results holding its best strokes so far.
 """
@@ -16,8 +18,30 @@ import engine_run
 from engine_run import wire
 
 POLL_MS = 100
-THUMB_PX = 150      # one drawing per job (image x stroke count); a row of them, wrapping
+THUMB_PX = 150      # one square drawing per job (image x stroke count), at most this large ...
+MIN_THUMB_PX = 64   # ... and at least this (smaller says nothing): then the drawings scroll
+SPACING = 8         # between drawings
+SCREEN_SHARE = 0.9  # the window takes at most this share of the work area (room for a title bar)
+TEXT_CHARS = 48     # labels wrap at about this many characters: the text never widens the window
 PHOTO_ALPHA = 0.35  # the photo faded, so the black strokes read clearly over it
+
+
+def gallery_layout(jobs, width, height, caption_px):
+    """-> (columns, side): the largest square drawings (side px, at most THUMB_PX, at least
+    MIN_THUMB_PX) and the columns that lay `jobs` of them, each with a caption caption_px tall,
+    into width x height px. Fewest columns among equals: the window stays narrow."""
+    jobs = max(1, jobs)
+    best_columns, best_side = 1, 0
+    for columns in range(1, jobs + 1):
+        rows = -(-jobs // columns)
+        side = int(min((width - (columns - 1) * SPACING) / columns,
+                       (height - (rows - 1) * SPACING) / rows - caption_px, THUMB_PX))
+        if side > best_side:
+            best_columns, best_side = columns, side
+    if best_side >= MIN_THUMB_PX:
+        return best_columns, best_side
+    # too many to show at once: the smallest drawings, as many per row as fit; the rest scrolls
+    return max(1, min(jobs, int((width + SPACING) // (MIN_THUMB_PX + SPACING)))), MIN_THUMB_PX
 
 
 def available():
@@ -110,40 +134,80 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
     previews = {}   # job -> its latest preview sketch
     drawings = {}   # job -> its Gtk.DrawingArea
     gallery = Gtk.FlowBox(selection_mode=Gtk.SelectionMode.NONE, max_children_per_line=4,
-                          column_spacing=8, row_spacing=8)
+                          column_spacing=SPACING, row_spacing=SPACING, homogeneous=True)
+    scroller = Gtk.ScrolledWindow(hscrollbar_policy=Gtk.PolicyType.NEVER,
+                                  vscrollbar_policy=Gtk.PolicyType.AUTOMATIC)
+    scroller.set_propagate_natural_width(True)   # as large as the drawings, up to the screen
+    scroller.set_propagate_natural_height(True)
+    scroller.add(gallery)
+    layout = {"side": THUMB_PX}
+
+    def work_area():
+        """(width, height) the window may take, in GTK's (scaled) pixels."""
+        display = window.get_display()
+        monitor = (display.get_monitor_at_window(window.get_window()) if window.get_window() is not None
+                   else None) or display.get_primary_monitor() or display.get_monitor(0)
+        area = monitor.get_workarea()
+        return area.width * SCREEN_SHARE, area.height * SCREEN_SHARE
+
+    def plan_gallery(jobs):
+        """Drawing size and columns for `jobs` drawings: what the screen leaves beside the rest."""
+        width, height = work_area()
+        border = 2 * window.get_border_width()
+        # the natural height of everything else (the empty gallery's own height left out)
+        rest = window.get_preferred_size()[1].height - scroller.get_preferred_size()[1].height
+        notice_lines = 0 if notice.get_visible() else 2 * heading.get_preferred_height()[1]
+        caption_px = heading.get_preferred_height()[1] + 2
+        columns, side = gallery_layout(jobs, width - border, height - rest - notice_lines - SPACING, caption_px)
+        layout["side"] = side
+        gallery.set_min_children_per_line(columns)
+        gallery.set_max_children_per_line(columns)
+        scroller.set_max_content_height(max(side + caption_px, int(height - rest - notice_lines - SPACING)))
 
     def add_drawing(job):
         if not drawing:
             return
-        area = Gtk.DrawingArea()
-        area.set_size_request(THUMB_PX, THUMB_PX)
-        area.connect("draw", lambda _area, cr: draw_sketch(
-            cr, pixbufs.get(job["image"]), previews.get(job["job"]), THUMB_PX))
+        side = layout["side"]
+        area = Gtk.DrawingArea(halign=Gtk.Align.CENTER, valign=Gtk.Align.START)  # never stretched: square
+        area.set_size_request(side, side)
+        area.connect("draw", lambda widget, cr: draw_sketch(
+            cr, pixbufs.get(job["image"]), previews.get(job["job"]),
+            min(widget.get_allocated_width(), widget.get_allocated_height())))
         caption = Gtk.Label(label=f"{job.get('name') or ''}: {job.get('strokes', '?')} strokes", xalign=0.5)
         caption.set_ellipsize(3)  # end
-        caption.set_max_width_chars(18)
+        caption.set_max_width_chars(max(4, side // 9))   # no wider than the drawing, roughly
         cell = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
         cell.pack_start(area, False, False, 0)
         cell.pack_start(caption, False, False, 0)
         gallery.add(cell)
         cell.show_all()
         drawings[job["job"]] = area
+        if not layout.get("fitting"):  # once per batch of new drawings, when GTK has measured them
+            layout["fitting"] = GLib.idle_add(fit_to_content)
+
+    def fit_to_content():
+        """A shown GTK window grows only to its minimum size: take the natural one (the drawings
+        whole, up to the scroller's limit), and CENTER_ALWAYS puts it back in the middle."""
+        layout["fitting"] = None
+        natural = window.get_preferred_size()[1]
+        window.resize(natural.width, natural.height)
+        return False
 
     state = {"engine": None, "results": None, "failure": None, "kept": False}
 
-    window = Gtk.Window(title="CLIPasso Sketch")
-    window.set_default_size(440, -1)
+    window = Gtk.Window(title="CLIPasso Sketch")  # sized by its content (issue 16 item 4)
     window.set_border_width(14)
     window.set_keep_above(True)
-    window.set_position(Gtk.WindowPosition.CENTER)
+    window.set_position(Gtk.WindowPosition.CENTER_ALWAYS)  # centred again when the drawings arrive
     box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=8)
     window.add(box)
-    heading = Gtk.Label(xalign=0.0)
+    heading = Gtk.Label(xalign=0.0, ellipsize=3, max_width_chars=TEXT_CHARS)
     heading.set_markup(f"<b>{GLib.markup_escape_text(title)}</b>")
-    status = Gtk.Label(label="Starting the engine\u2026", xalign=0.0)
+    # the phase, then the iteration, loss and time left: one line, so the drawings get the room
+    status = Gtk.Label(label="Starting the engine\u2026", xalign=0.0, wrap=True, max_width_chars=TEXT_CHARS)
     bar = Gtk.ProgressBar(show_text=True)
-    detail = Gtk.Label(label=" ", xalign=0.0)
-    notice = Gtk.Label(xalign=0.0, wrap=True)  # what the engine wants the designer to know (no GPU ...)
+    # what the engine wants the designer to know (no GPU ...)
+    notice = Gtk.Label(xalign=0.0, wrap=True, max_width_chars=TEXT_CHARS)
     notice.set_no_show_all(True)
     buttons = Gtk.Box(spacing=6)
     cancel = Gtk.Button(label="Cancel")
@@ -151,7 +215,7 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
     keep.set_sensitive(False)  # nothing to keep before the first preview
     buttons.pack_end(keep, False, False, 0)
     buttons.pack_end(cancel, False, False, 0)
-    for widget in (heading, gallery, status, bar, detail, notice, buttons):
+    for widget in (heading, scroller, status, bar, notice, buttons):
         box.pack_start(widget, False, False, 0)
 
     def finish(failure=None):
@@ -191,6 +255,8 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
                 notice.set_markup(f"<i>{GLib.markup_escape_text(str(event.get('message', '')))}</i>")
                 notice.show()
             elif kind == wire.START:
+                if not drawings:
+                    plan_gallery(len(event.get("jobs") or ()))
                 for job in event.get("jobs") or ():
                     if job.get("job") not in drawings:
                         add_drawing(job)
@@ -199,8 +265,7 @@ def run_with_window(title, command, start, log_path, stall_timeout_s=engine_run.
                 fraction, text = engine_run.describe_progress(event)
                 bar.set_fraction(fraction)
                 bar.set_text(f"{int(round(100 * fraction))} %")
-                status.set_text("Drawing")
-                detail.set_text(text)
+                status.set_text(text)
             elif kind == wire.PREVIEW:
                 for sketch in event.get("sketches") or ():
                     if sketch.get("job") not in drawings:

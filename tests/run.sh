@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need, then runs them all.
 #   apt: inkscape + xvfb + xauth (real-Inkscape tests), gir1.2-gtk-3.0 + python3-gi-cairo (the progress
-#        window and its drawings)
+#        window and its drawings), x11-utils (xwininfo: the window's real geometry)
 #   .venv: PyTorch + torchvision + open_clip (a consistent stack), the engine, pytest, inkex 1.4.1
 # Extra arguments go to pytest, e.g. `bash tests/run.sh -k raster`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v inkscape >/dev/null || ! command -v xvfb-run >/dev/null || ! command -v xauth >/dev/null \
+   || ! command -v xwininfo >/dev/null \
    || ! /usr/bin/python3 -c "import gi; gi.require_foreign('cairo')" 2>/dev/null; then
-  echo "== installing inkscape, xvfb, xauth, GTK + cairo for Python from apt"
+  echo "== installing inkscape, xvfb, xauth, x11-utils, GTK + cairo for Python from apt"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq inkscape xvfb xauth gir1.2-gtk-3.0 python3-gi-cairo >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq inkscape xvfb xauth x11-utils gir1.2-gtk-3.0 python3-gi-cairo >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import stat
 import sys
@@ -31,6 +32,7 @@ from inkex.tester.inx import InxMixin  # noqa: E402
 import clipasso_sketch  # noqa: E402
 import engine_run  # noqa: E402
 import placement  # noqa: E402
+import progress_window  # noqa: E402
 import raster_size  # noqa: E402
 from clipasso_sketch import ClipassoSketch  # noqa: E402
 
@@ -356,6 +358,118 @@ class TestProgressWindow(unittest.TestCase):
         report = self.run_window("close")
         self.assertEqual(report.get("failure"), "EngineCancelled")
         self.assertIsNotNone(report["exit_codes"][0])
+
+
+GEOMETRY_SCRIPT = r"""
+import json, os, re, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import gi
+gi.require_version("Gtk", "3.0")
+import engine_run, progress_window
+from gi.repository import GLib, Gtk
+folder, double, photo, images, levels = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
+log = open(os.path.join(folder, "log"), "wb")
+command = ["env", "ENGINE_DOUBLE_MODE=hang", sys.executable, double, "sketch", *([photo] * images),
+           "-o", os.path.join(folder, "out"), "--strokes", levels]
+title = " + ".join(["a photo with a rather long file name.png"] * images) + ": " + levels + " strokes"
+report = {}
+def box(widget, window):
+    x, y = widget.translate_coordinates(window, 0, 0)
+    return [x, y, widget.get_allocated_width(), widget.get_allocated_height()]
+def measure(window, cancel, keep):
+    report["window"] = list(window.get_size())
+    report["scale"] = window.get_scale_factor()
+    report["buttons"] = [box(b, window) for b in (cancel, keep)]
+    areas = []
+    def walk(w):
+        if isinstance(w, Gtk.DrawingArea):
+            areas.append(box(w, window))
+        if isinstance(w, Gtk.Container):
+            for c in w.get_children():
+                walk(c)
+    walk(window)
+    report["drawings"] = areas
+    # what the X server says: the real window, in device pixels
+    text = subprocess.run(["xwininfo", "-name", "CLIPasso Sketch"], capture_output=True, text=True).stdout
+    report["x11"] = [int(re.search(k + r":\s+(-?\d+)", text).group(1)) for k in
+                     ("Absolute upper-left X", "Absolute upper-left Y", "Width", "Height")]
+    text = subprocess.run(["xwininfo", "-root"], capture_output=True, text=True).stdout
+    report["screen"] = [int(re.search(k + r":\s+(\d+)", text).group(1)) for k in ("Width", "Height")]
+    cancel.clicked()
+    return False
+shown = lambda window, cancel, keep: GLib.timeout_add(2500, lambda: measure(window, cancel, keep))
+try:
+    progress_window.run_with_window(title, command, lambda c: engine_run.EngineProcess(c, log), "LOG",
+                                    on_shown=shown, image_paths=[photo] * images)
+except engine_run.EngineCancelled:
+    pass
+print(json.dumps(report))
+"""
+
+
+def window_fits(test, report, jobs):
+    """The real window (X11 geometry) lies on the screen, every button lies inside it, and there is
+    one square drawing per job (issue 16 item 4)."""
+    x, y, width, height = report["x11"]
+    screen_w, screen_h = report["screen"]
+    test.assertTrue(0 <= x and 0 <= y and x + width <= screen_w and y + height <= screen_h, report)
+    scale = report["scale"]
+    test.assertEqual([width, height], [scale * v for v in report["window"]], "GTK and X agree on the size")
+    for bx, by, bw, bh in report["buttons"]:
+        test.assertTrue(bw > 20 and bh > 10 and 0 <= bx and bx + bw <= report["window"][0]
+                        and 0 <= by and by + bh <= report["window"][1], report)
+    test.assertEqual(len(report["drawings"]), jobs)
+    for _, _, dw, dh in report["drawings"]:
+        test.assertEqual(dw, dh, report)
+        test.assertGreaterEqual(dw, progress_window.MIN_THUMB_PX)
+
+
+@unittest.skipUnless(system_gtk_available() and shutil.which("xwininfo"),
+                     "needs xvfb-run, GTK 3 for the system Python and xwininfo (apt: x11-utils)")
+class TestProgressWindowGeometry(unittest.TestCase):
+    """The window on a 1024 x 768 screen, measured by the X server, at GDK_SCALE 1 and 2; with the
+    old fixed layout 1 image x 3 levels (2x) and 2 x 3 (1x) ran off the bottom of the screen."""
+
+    def measure(self, images, levels, scale):
+        import subprocess
+        folder = tempfile.mkdtemp(prefix="clipasso-geometry-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        script = os.path.join(folder, "geometry.py")
+        with open(script, "w", encoding="utf-8") as handle:
+            handle.write(GEOMETRY_SCRIPT)
+        env = {k: v for k, v in os.environ.items() if k not in ("CLIPASSO_NO_WINDOW", "DISPLAY")}
+        env["GDK_SCALE"] = str(scale)
+        done = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1024x768x24", SYSTEM_PYTHON, script,
+                               os.path.join(REPO, "inkscape_extension"), folder, DOUBLE,
+                               os.path.join(DATA, "photo_40x20.png"), str(images), levels],
+                              capture_output=True, timeout=120, env=env)
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+    def test_fits_1024_by_768(self):
+        for images, levels, scale in ((1, "16", 1), (1, "16", 2), (1, "8,16,32", 2), (2, "8,16,32", 1),
+                                      (4, "4,8,16,32", 1), (4, "4,8,16,32", 2)):
+            with self.subTest(images=images, levels=levels, scale=scale):
+                report = self.measure(images, levels, scale)
+                self.assertEqual(report["scale"], scale)
+                window_fits(self, report, images * len(levels.split(",")))
+                if images * len(levels.split(",")) <= 3 and scale == 1:  # room enough: full size
+                    self.assertEqual(report["drawings"][0][2], progress_window.THUMB_PX)
+
+
+class TestGalleryLayout(unittest.TestCase):
+    def test_largest_square_that_fits(self):
+        self.assertEqual(progress_window.gallery_layout(1, 900, 600, 20), (1, progress_window.THUMB_PX))
+        # three across a wide, short space: side by side
+        self.assertEqual(progress_window.gallery_layout(3, 900, 200, 20), (3, 150))
+        # six in 460 x 150 (a 1024 x 768 screen at 2x): one row of six, 70 px each
+        columns, side = progress_window.gallery_layout(6, 460, 150, 20)
+        self.assertEqual((columns, side), (6, int((460 - 5 * progress_window.SPACING) / 6)))
+
+    def test_too_many_scroll_at_the_smallest_size(self):
+        columns, side = progress_window.gallery_layout(100, 460, 150, 20)
+        self.assertEqual(side, progress_window.MIN_THUMB_PX)
+        self.assertLessEqual(columns * side + (columns - 1) * progress_window.SPACING, 460)
 
 
 # --- inkscape --batch-process: no dialog, no window (issue 16 item 3) -----------------------------

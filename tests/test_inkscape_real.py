@@ -394,3 +394,70 @@ def test_no_warnings_from_inkscape_once_installed(installed):
         assert "textdomain" not in output and "message catalog" not in output, output
         assert "clipasso" not in done.stderr.lower(), done.stderr
     assert "org.clipasso.clipasso-sketch.noprefs" in done.stdout
+
+
+def start_xvfb(width=1024, height=768):
+    """An Xvfb of that size on a free display: (process, ':N')."""
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", f"{width}x{height}x24",
+                             "-nolisten", "tcp"], pass_fds=(write,), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    os.close(write)
+    with os.fdopen(read) as handle:
+        number = handle.readline().strip()
+    assert number.isdigit(), "Xvfb gave no display"
+    return xvfb, f":{number}"
+
+
+def x11_geometry(display, *target):
+    """(x, y, width, height) from xwininfo, or None while there is no such window."""
+    done = subprocess.run(["xwininfo", *target], capture_output=True, text=True, env=dict(os.environ, DISPLAY=display))
+    if done.returncode:
+        return None
+    keys = ("Absolute upper-left X", "Absolute upper-left Y", "Width", "Height")
+    return tuple(int(re.search(key + r":\s+(-?\d+)", done.stdout).group(1)) for key in keys)
+
+
+@pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xwininfo")),
+                    reason="needs Xvfb and xwininfo (apt: xvfb x11-utils)")
+@pytest.mark.parametrize("scale", [1, 2])
+def test_progress_window_fits_a_small_screen(installed, scale):
+    """Issue 16 item 4, in real Inkscape with its own window open (an interactive run, the effect
+    started by --actions without --batch-process) on a 1024 x 768 screen, at GDK_SCALE 1 and 2:
+    (--with-gui: without it, --actions alone runs headless), the progress window for one image at three stroke counts, measured by the X server once its
+    drawings are in, lies wholly on the screen (it was 880 x 742 at y 212 at 2x). The engine is the
+    tests' double, drawing until told to stop."""
+    work = installed["root"] / f"window-{scale}"
+    work.mkdir()
+    (installed["profile"] / "preferences.xml").write_text(preferences_xml(strokes="8, 16, 32", preset="fast"))
+    (work / "in.svg").write_text(document_text())
+    engine = work / "engine-python"
+    engine.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "engine_double.py"}" "$@"\n')
+    engine.chmod(0o755)
+    xvfb, display = start_xvfb()
+    marker = f"CLIPASSO_TEST_RUN={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CLIPASSO_"))}
+    env.update({"INKSCAPE_PROFILE_DIR": str(installed["profile"]), "DISPLAY": display, "GDK_SCALE": str(scale),
+                "CLIPASSO_ENGINE_PYTHON": str(engine), "ENGINE_DOUBLE_MODE": "hang", "TMPDIR": str(work),
+                marker.split("=")[0]: marker.split("=")[1], "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")})
+    with open(work / "inkscape.log", "w") as log:
+        inkscape = subprocess.Popen(["timeout", "--kill-after=10", "200", "inkscape", "--with-gui",
+                                     "--actions=select-by-id:img1;org.clipasso.clipasso-sketch.noprefs",
+                                     str(work / "in.svg")], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    cwd=str(work), start_new_session=True)
+    try:
+        assert wait_for(lambda: x11_geometry(display, "-name", "CLIPasso Sketch"), timeout=120), \
+            (work / "inkscape.log").read_text(errors="replace")
+        time.sleep(3.0)   # the drawings arrive with the engine's first events; then the window is final
+        x, y, width, height = x11_geometry(display, "-name", "CLIPasso Sketch")
+        screen = x11_geometry(display, "-root")
+        assert screen[2:] == (1024, 768)
+        assert 0 <= x and 0 <= y and x + width <= 1024 and y + height <= 768, (x, y, width, height)
+        assert width >= 250 * scale and height >= 250 * scale, "the drawings and buttons are in it"
+    finally:
+        os.killpg(inkscape.pid, signal.SIGKILL)
+        inkscape.wait(timeout=30)
+        wait_for(lambda: not processes_with_marker(marker, "engine_double"), timeout=10)
+        kill_leftovers(marker)
+        xvfb.kill()
+        xvfb.wait(timeout=10)
