@@ -27,6 +27,9 @@ import glob
 import hashlib
 import json
 import os
+import shlex
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,31 +55,41 @@ MAX_AUTO_BATCH = 16
 
 
 def add_parser(subparsers):
+    from .cli import DEFAULT_PRESET, HelpWithDefaults, by_preset
     b = subparsers.add_parser("batch", help="sketch many images (files, folders, globs, lists) into a folder, "
-                                            "resumable")
+                                            "resumable", formatter_class=HelpWithDefaults)
     b.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, or .txt/.csv lists of paths")
-    b.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
-    b.add_argument("--strokes", default=None, help="abstraction level(s), comma separated, e.g. 8,16 (default 16)")
-    b.add_argument("--preset", default="paper", choices=list(PRESETS),
+    b.add_argument("-o", "--output", required=True, help="output folder (required; created if missing)")
+    b.add_argument("--strokes", default=None,
+                   help=f"abstraction level(s), comma separated, e.g. 8,16 (default: {by_preset('num_strokes')})")
+    b.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="; ".join(f"{k}: {v['doc']}" for k, v in PRESETS.items()))
     b.add_argument("--iterations", type=int, default=os.environ.get("CLIPASSO_ITERATIONS") or None,
-                   help="optimisation steps (overrides the preset; default $CLIPASSO_ITERATIONS if set)")
-    b.add_argument("--seeds", type=int, help="seeds drawn at once per image, the best is kept")
-    b.add_argument("--seed", type=int, help="first seed (the others are +1000, +2000, ...)")
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
-    b.add_argument("--mask-background", action="store_true", help="remove the background with U^2-Net first")
-    b.add_argument("--stretch", action="store_true", help="stretch non-square images like the reference")
+                   help=f"optimisation steps (default: $CLIPASSO_ITERATIONS if set, else {by_preset('num_iterations')})")
+    b.add_argument("--seeds", type=int,
+                   help=f"seeds drawn at once per image, the best is kept (default: {by_preset('num_seeds')})")
+    b.add_argument("--seed", type=int, help=f"first seed; the others are +1000, +2000, ... (default: {make_config().seed})")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps; auto uses a GPU when there is "
+                                                   "one, else the CPU")
+    b.add_argument("--mask-background", action="store_true",
+                   help="remove the background with U^2-Net first (default: off)")
+    b.add_argument("--stretch", action="store_true",
+                   help="stretch non-square images like the reference (default: off, pad with white)")
     b.add_argument("--models-dir", default=os.environ.get("CLIPASSO_MODELS_DIR"),
                    help="folder of local weights files (default: $CLIPASSO_MODELS_DIR, else the download cache)")
-    b.add_argument("--image-svg", action="store_true", help="also write <name>-<N>.image.svg in image pixels")
+    b.add_argument("--image-svg", action="store_true",
+                   help="also write <name>-<N>.image.svg in image pixels (default: off)")
     b.add_argument("--batch-images", default="auto",
-                   help="images optimised together in one batch (default auto: from device memory)")
-    b.add_argument("--retry-failed", action="store_true", help="retry images recorded as errors")
+                   help="images optimised together in one batch: a number, or auto (1 on a CPU, from free "
+                        "memory on a GPU)")
+    b.add_argument("--retry-failed", action="store_true", help="retry images recorded as errors (default: off)")
     b.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
-                   help="run on a Ray cluster (address, or none for a local/auto-detected one)")
-    b.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+                   help="run on a Ray cluster at ADDRESS, or a local/auto-detected one without it "
+                        "(default: no Ray, this process)")
+    b.add_argument("--threads", type=int,
+                   help="CPU threads for PyTorch, Ray workers included (default: PyTorch's choice, one per core)")
     b.add_argument("--progress", default="bar", choices=["bar", "jsonl", "none"], help="how to report progress")
-    b.add_argument("--debug", action="store_true", help="print the full traceback on unexpected errors")
+    b.add_argument("--debug", action="store_true", help="print the full traceback on unexpected errors (default: off)")
     return b
 
 
@@ -138,16 +151,33 @@ def unique_names(paths) -> list[str]:
             for s, p in zip(stems, paths)]
 
 
-def parse_levels(text) -> list[int]:
+def parse_levels(text, config=None) -> list[int]:
+    """--strokes -> the levels, each checked as sketch checks it (before anything is read or loaded)."""
+    config = config or make_config()
     if text in (None, ""):
-        return [make_config().num_strokes]
+        return [config.num_strokes]
     try:
         levels = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         raise EngineError("bad_argument", f"--strokes takes numbers separated by commas (got {text!r}).") from None
     if not levels:
         raise EngineError("bad_argument", "--strokes needs at least one number.")
+    for n in levels:
+        config.replace(num_strokes=n).validate()
     return list(dict.fromkeys(levels))
+
+
+def parse_batch_images(text) -> int | None:
+    """--batch-images: None for auto, else a whole number of 1 or more."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        k = int(text)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1:
+        raise EngineError("bad_argument", f"--batch-images takes auto or a whole number of 1 or more (got {text!r}).")
+    return k
 
 
 # --- manifest and atomic files ----------------------------------------------------------------------
@@ -296,17 +326,19 @@ def _svg_texts(result, image_svg: bool):
 
 def record(outdir: Path, name, level, svg_text, image_svg_text, row) -> dict:
     """SVG(s) first, atomically; then the manifest row: a row always means its files are complete."""
+    from .cli import cannot_write
     row = dict(row)
     row["svg"] = row["image_svg"] = None
-    if svg_text is not None:
-        svg = outdir / f"{name}-{level}.svg"
-        write_atomic(svg, svg_text)
-        row["svg"] = svg.name
-        if image_svg_text is not None:
-            image = outdir / f"{name}-{level}.image.svg"
-            write_atomic(image, image_svg_text)
-            row["image_svg"] = image.name
-    append_row(outdir, row)
+    with cannot_write(outdir):   # a disk that fills up mid-batch: one sentence, not a traceback
+        if svg_text is not None:
+            svg = outdir / f"{name}-{level}.svg"
+            write_atomic(svg, svg_text)
+            row["svg"] = svg.name
+            if image_svg_text is not None:
+                image = outdir / f"{name}-{level}.image.svg"
+                write_atomic(image, image_svg_text)
+                row["image_svg"] = image.name
+        append_row(outdir, row)
     return row
 
 
@@ -318,12 +350,37 @@ def build_config(args):
                        models_dir=args.models_dir, threads=args.threads, device=args.device)
 
 
-def plan(args):
-    """-> (outdir, levels, pending [(path, name, [levels])], total jobs, skipped, of which failed)."""
-    outdir = Path(args.output).resolve()
-    outdir.mkdir(parents=True, exist_ok=True)
-    levels = parse_levels(args.strokes)
-    paths = collect_inputs(args.inputs)
+def check_output_folder(outdir: Path) -> None:
+    """-o can be written, checked without creating anything: a refused batch leaves nothing behind."""
+    from .cli import check_writable, why_not_writable
+    if outdir.exists():
+        if not outdir.is_dir():
+            raise EngineError("bad_argument", f"-o {outdir} is a file; batch writes into a folder. Give a folder "
+                                              "name (it is created if missing).")
+        check_writable(outdir / MANIFEST, "-o")
+        return
+    ancestor = next(a for a in outdir.parents if a.exists())
+    if not ancestor.is_dir():
+        raise EngineError("bad_argument", f"Cannot create the output folder {outdir}: {ancestor} is a file, not a "
+                                          "folder. Choose another place with -o.")
+    try:   # a folder made and removed at once: the only sure test (a read-only or virtual file system)
+        os.rmdir(tempfile.mkdtemp(prefix=".clipasso-probe-", dir=ancestor))
+    except OSError as exc:
+        raise EngineError("bad_argument", f"Cannot create the output folder {outdir}: {ancestor} does not accept "
+                                          f"new folders ({why_not_writable(exc)}). Choose another place with -o.") from None
+
+
+def create_output_folder(outdir: Path) -> None:
+    from .cli import why_not_writable
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineError("bad_argument", f"Cannot create the output folder {outdir} ({why_not_writable(exc)}). "
+                                          "Choose another place with -o.") from None
+
+
+def plan(outdir: Path, levels, paths, retry_failed: bool):
+    """-> (pending [(path, name, [levels])], total jobs, skipped, of which failed)."""
     names = unique_names(paths)
     done = read_manifest(outdir)
     pending, skipped, failed = [], 0, 0
@@ -331,14 +388,28 @@ def plan(args):
         todo = []
         for level in levels:
             row = done.get((name, level))
-            if row is not None and (row["status"] == "ok" or not args.retry_failed):
+            if row is not None and (row["status"] == "ok" or not retry_failed):
                 skipped += 1
                 failed += row["status"] != "ok"
             else:
                 todo.append(level)
         if todo:
             pending.append((path, name, todo))
-    return outdir, levels, pending, len(paths) * len(levels), skipped, failed
+    return pending, len(paths) * len(levels), skipped, failed
+
+
+def check_images(pending, config):
+    """Every pending image read (decoded to the canvas, then dropped) before any model loads.
+    -> (the readable pending items, error rows for the others)."""
+    from . import imageio
+    good, bad = [], []
+    for path, name, todo in pending:
+        try:
+            imageio.load_image(str(path), config, name=name)
+            good.append((path, name, todo))
+        except EngineError as exc:
+            bad += [(name, level, _error_row(name, path, level, exc)) for level in todo]
+    return good, bad
 
 
 def chunks(pending, k):
@@ -351,24 +422,81 @@ def chunks(pending, k):
             yield items[i:i + k], list(todo)
 
 
-class Progress:
-    """One overall bar (images x levels done, failures, ETA) or batch events, through the CLI's reporter."""
+def estimated_seconds(config, chunk_list) -> float:
+    """The optimisation time on a CPU like the benchmark machine's: the extension's and sketch's estimate
+    (cli.estimated_seconds), chunk by chunk."""
+    from .cli import estimated_seconds as per_run
+    return sum(per_run(config, len(items) * len(todo), len(items)) for items, todo in chunk_list)
 
-    def __init__(self, report, total, skipped):
+
+def plan_message(config, levels, pending, skipped, bad_images, device, device_type, seconds, k, workers=1) -> str:
+    """What the batch will do and how long it should take, before anything is loaded."""
+    from .cli import expected_time
+    images, jobs = len(pending), sum(len(todo) for *_, todo in pending)
+
+    def n(count, word, plural=None):
+        return f"{count} {word if count == 1 else plural or word + 's'}"
+    parts = [f"{n(images, 'image')} x {n(len(levels), 'level')} ({','.join(map(str, levels))}) = "
+             f"{n(jobs, 'sketch', 'sketches')}, {config.preset} preset ({n(config.num_iterations, 'iteration')} "
+             f"x {n(config.num_seeds, 'seed')}) on {device}, {k} image{'s' if k != 1 else ''} at a time"]
+    if skipped:
+        parts.append(f"{skipped} already in the manifest, skipped")
+    if bad_images:
+        parts.append(f"{n(bad_images, 'unreadable file')} recorded as error{'s' if bad_images != 1 else ''}")
+    parts.append(expected_time(seconds / workers, device_type) + ("" if workers == 1 else f" with {workers} workers"))
+    return "; ".join(parts) + "."
+
+
+class Progress:
+    """One overall bar (sketches done, failures, time left) or batch events, through the CLI's reporter.
+
+    Time left: the engine's own estimate for the chunk being drawn, plus the sketches after it at the
+    measured seconds per sketch (the CPU estimate until a chunk has finished)."""
+
+    def __init__(self, report, total, skipped, outdir: Path, jobs: int = 0, seconds_per_job: float | None = None,
+                 workers: int = 1):
         self.report, self.total, self.done, self.failed = report, total, skipped, 0
+        self.outdir, self.jobs_left, self.per_job, self.workers = outdir, jobs, seconds_per_job, workers
+        self.chunk_jobs, self.chunk_eta, self.chunk_t0, self.step = 0, None, None, None
+        self.t_start, self.drawn, self.drawing_seconds = time.perf_counter(), 0, 0.0
         self.bar = None
         if report.mode == "bar":
-            import sys
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=skipped, unit="sketch", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, initial=skipped, unit="sketch", dynamic_ncols=True, file=report.err,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} sketches{postfix}")
+            self._refresh()
+
+    def time_left(self) -> float | None:
+        if not self.jobs_left and not self.chunk_jobs:
+            return 0.0
+        if self.per_job is None:
+            return None
+        if self.chunk_jobs:   # a chunk is being drawn in this process
+            now = self.chunk_eta if self.chunk_eta is not None else self.per_job * self.chunk_jobs
+            return now + max(0, self.jobs_left - self.chunk_jobs) * self.per_job
+        return self.jobs_left * self.per_job / self.workers
+
+    def chunk_started(self, jobs: int) -> None:
+        self.chunk_jobs, self.chunk_eta, self.chunk_t0 = jobs, None, time.perf_counter()
+
+    def chunk_finished(self, drawn: int) -> None:
+        """A chunk's rows are recorded: the seconds per sketch are measured from now on."""
+        self.drawn += drawn
+        if self.chunk_t0 is not None:   # drawn here: its own time
+            self.drawing_seconds += time.perf_counter() - self.chunk_t0
+            self.per_job = self.drawing_seconds / max(1, self.drawn)
+        elif self.drawn:                # by Ray workers, side by side
+            self.per_job = (time.perf_counter() - self.t_start) * self.workers / self.drawn
+        self.chunk_jobs, self.chunk_eta, self.step = 0, None, None
+        self._refresh()
 
     def engine_event(self, event, chunk_names):
         kind = event.get("event")
         if kind == wire.PROGRESS:
+            self.chunk_eta, self.step = event.get("eta"), f"{event.get('iteration')}/{event.get('total')}"
             if self.report.mode == "jsonl":
                 self.report(dict(event, chunk=chunk_names))
-            elif self.bar is not None:
-                self.bar.set_postfix(step=f"{event.get('iteration')}/{event.get('total')}", failed=self.failed)
+            self._refresh()
         elif kind == wire.NOTICE:
             self.notice(event)
 
@@ -378,16 +506,37 @@ class Progress:
         elif self.report.mode == "jsonl":
             self.report(event)
 
-    def item(self, row):
+    def item(self, row, drawn: bool = True):
+        """drawn: the row is a sketch's (or its failure's) that was part of the work left."""
         self.done += 1
         self.failed += row["status"] != "ok"
+        if drawn:
+            self.jobs_left = max(0, self.jobs_left - 1)
         if self.report.mode == "jsonl":
-            self.report(dict(row, event=BATCH_ITEM, done=self.done, failed=self.failed, total=self.total))
+            left = self.time_left()
+            self.report(dict(row, event=BATCH_ITEM, done=self.done, failed=self.failed, total=self.total,
+                             eta=None if left is None else round(left, 1)))
         elif self.bar is not None:
             if row["status"] != "ok":
                 self.bar.write(f"clipasso: {row['name']} ({row['strokes']} strokes): {row['error']['message']}")
-            self.bar.set_postfix(failed=self.failed)
+            for key in ("svg", "image_svg"):   # every file written, by its full path
+                if row.get(key):
+                    self.bar.write(f"Wrote {self.outdir / row[key]}")
             self.bar.update(1)
+            self._refresh()
+
+    def _refresh(self):
+        if self.bar is None:
+            return
+        from .cli import _duration
+        left = self.time_left()
+        parts = [f"step {self.step}"] if self.step else []
+        if left is None or left > 0:
+            parts.append(f"{_duration(left)} left" if left is not None else "time left unknown")
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        self.bar.set_postfix_str(", ".join(parts), refresh=False)
+        self.bar.refresh()
 
     def close(self):
         if self.bar is not None:
@@ -396,83 +545,134 @@ class Progress:
 
 
 def run(args, report) -> int:
+    """Every option, the output folder and every image are checked before anything is created or loaded;
+    then the plan and its expected time are printed, then the models load and the sketches are drawn."""
+    from .cli import CancelWatch, check_device
     config = build_config(args)
-    outdir, levels, pending, total, skipped, failed_before = plan(args)
-    progress = Progress(report, total, skipped)
-    progress.failed = failed_before  # the exit status says whether the whole batch is good, reruns included
+    levels = parse_levels(args.strokes, config)
+    k = parse_batch_images(args.batch_images)
+    ray = import_ray() if args.ray else None
+    outdir = Path(args.output).expanduser().resolve()
+    check_output_folder(outdir)
+    pending, total, skipped, failed_before = plan(outdir, levels, collect_inputs(args.inputs), args.retry_failed)
+    pending, bad_rows = check_images(pending, config)
+    cluster = None
+    if pending:
+        if ray is not None:
+            cluster = start_ray(ray, args, config, len(pending), k)
+            k, device, workers = cluster["k"], cluster["device"], cluster["workers"]
+            device_type = "cuda" if cluster["gpu"] else "cpu"
+        else:
+            device = device_type = check_device(config.device)   # device_unavailable now, before the estimate
+            k = k or auto_batch_images(device, config)
+            workers = 1
+    create_output_folder(outdir)
     t0 = time.perf_counter()
-    from .cli import CancelWatch
     watch = CancelWatch(report)
+    progress = None
     try:
+        chunk_list = list(chunks(pending, k)) if pending else []
+        seconds = estimated_seconds(config, chunk_list)
+        jobs = sum(len(todo) for *_, todo in pending)
+        progress = Progress(report, total, skipped, outdir, jobs, seconds / jobs if jobs else None,
+                            workers if pending else 1)
+        progress.failed = failed_before  # the exit status says whether the whole batch is good, reruns included
+        message = plan_message(config, levels, pending, skipped, len({r["input"] for *_, r in bad_rows}),
+                               device, device_type, seconds, k, workers) if pending else None
+        if report.mode == "jsonl":
+            report({"event": BATCH_START, "total": total, "pending": jobs, "skipped": skipped,
+                    "batch_images": k if pending else None, "device": device if pending else None,
+                    "output": str(outdir), "estimated_seconds": round(seconds / workers, 1) if pending else 0,
+                    "message": message})
+        elif progress.bar is not None and message:
+            progress.bar.write(f"clipasso: {message}")
+        for name, level, row in bad_rows:   # unreadable files: recorded before any model loads
+            progress.item(record(outdir, name, level, None, None, row), drawn=False)
         if pending:
-            if args.ray:
-                run_ray(args, config, outdir, pending, progress)
+            if cluster is not None:
+                run_ray(cluster, outdir, chunk_list, progress)
             else:
-                run_local(args, config, outdir, pending, progress, watch)
+                run_local(args, config, outdir, chunk_list, progress, watch)
     except Cancelled as exc:
         raise Cancelled(watch.reason) from exc
     finally:
         watch.finished.set()
-        progress.close()
+        if progress is not None:
+            progress.close()
     seconds = time.perf_counter() - t0
     if report.mode == "jsonl":
         report({"event": BATCH_DONE, "done": progress.done, "failed": progress.failed, "total": total,
                 "seconds": round(seconds, 1), "output": str(outdir)})
     if report.mode == "bar":
         print(f"{progress.done - progress.failed} of {total} sketches in {outdir} "
-              f"({progress.failed} failed; manifest {MANIFEST}), {seconds:.0f} s")
+              f"({progress.failed} failed; manifest {outdir / MANIFEST}), {seconds:.0f} s")
     return 1 if progress.failed else 0
 
 
-def run_local(args, config, outdir, pending, progress, watch):
+def run_local(args, config, outdir, chunk_list, progress, watch):
     runtime = [_prepare(config, progress.notice)]
-    device = str(runtime[0].device)
-    k = auto_batch_images(device, config) if args.batch_images == "auto" else max(1, int(args.batch_images))
-    if progress.report.mode == "jsonl":
-        progress.report({"event": BATCH_START, "total": progress.total, "pending": sum(len(t) for *_, t in pending),
-                         "skipped": progress.done, "batch_images": k, "device": device, "output": str(outdir)})
-    for items, todo in chunks(pending, k):
+    for items, todo in chunk_list:
         names = [n for _, n in items]
+        progress.chunk_started(len(items) * len(todo))
         rows = draw_items(items, config, todo, runtime, progress.notice, should_stop=watch.cancelled.is_set,
                           on_progress=lambda e, names=names: progress.engine_event(e, names))
         for name, level, result, row in rows:
             svg, image_svg = _svg_texts(result, args.image_svg) if result is not None else (None, None)
             progress.item(record(outdir, name, level, svg, image_svg, row))
+        progress.chunk_finished(len(rows))
 
 
 # --- Ray ----------------------------------------------------------------------------------------------
 
-def run_ray(args, config, outdir, pending, progress):
-    """A pool of actors, one per GPU (or per CPU slot when the cluster has no GPU), each preparing the
-    models once; actors return SVG texts and rows, the driver writes files and the manifest (so workers
-    need no shared folder, and resuming works exactly as on one machine)."""
+def import_ray():
+    """Ray, or one sentence naming the command that installs it into this engine's environment."""
     try:
         import ray
-        from ray.util import ActorPool
+        from ray.util import ActorPool  # noqa: F401
     except ImportError:
-        raise EngineError("bad_argument", "--ray needs Ray: pip install 'clipasso-sketch[ray]'.") from None
+        install = f"{shlex.quote(sys.executable)} -m pip install 'ray>=2.9'"
+        raise EngineError("bad_argument", f"--ray needs Ray, which is not installed in this engine's Python. "
+                                          f"Install it with `{install}`, or leave out --ray.") from None
+    return ray
+
+
+def start_ray(ray, args, config, images: int, k):
+    """A pool of actors, one per GPU (or per CPU slot when the cluster has no GPU), each preparing the
+    models once. Every CPU worker runs with the thread count a local batch uses (--threads, else torch's
+    default here): float sums depend on it, and the same images and seeds must give the same SVGs."""
+    import logging
+    import torch
+    from ray.util import ActorPool
     address = None if args.ray == "auto" else args.ray
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+        # logging_level: Ray's own start-up lines (auth token, dashboard) are not the user's business
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR,
                  **({"num_cpus": int(os.environ["CLIPASSO_RAY_CPUS"])} if "CLIPASSO_RAY_CPUS" in os.environ
                     and address is None else {}))
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    per_worker = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": max(1, args.threads or 1)}
-    workers = gpus or max(1, int(resources.get("CPU", 1)) // per_worker["num_cpus"])
-    workers = min(workers, len(pending))
-    k = 1 if args.batch_images == "auto" else max(1, int(args.batch_images))
-    worker_config = config if gpus or config.device != "auto" else config.replace(device="cpu")
+    threads = config.threads or torch.get_num_threads()
+    per_worker = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": threads}
+    workers = gpus or max(1, int(resources.get("CPU", 1)) // threads)
+    workers = min(workers, images)
+    worker_config = config.replace(threads=threads)
+    if not gpus and config.device == "auto":
+        worker_config = worker_config.replace(device="cpu")
     Worker = ray.remote(**per_worker)(RayWorker)
     pool = ActorPool([Worker.remote(worker_config, args.image_svg) for _ in range(workers)])
-    if progress.report.mode == "jsonl":
-        progress.report({"event": BATCH_START, "total": progress.total, "pending": sum(len(t) for *_, t in pending),
-                         "skipped": progress.done, "batch_images": k, "device": f"ray:{workers} workers",
-                         "output": str(outdir)})
-    work = [([(str(p), n) for p, n in items], todo) for items, todo in chunks(pending, k)]
-    for rows in pool.map_unordered(lambda actor, job: actor.draw.remote(*job), work):
+    kind = "GPU" if gpus else "CPU"
+    return {"pool": pool, "workers": workers, "k": k or 1, "device": f"Ray, {workers} {kind} worker"
+            f"{'s' if workers != 1 else ''}", "gpu": bool(gpus)}
+
+
+def run_ray(cluster, outdir, chunk_list, progress):
+    """Actors return SVG texts and rows, the driver writes files and the manifest (so workers need no
+    shared folder, and resuming works exactly as on one machine)."""
+    work = [([(str(p), n) for p, n in items], todo) for items, todo in chunk_list]
+    for rows in cluster["pool"].map_unordered(lambda actor, job: actor.draw.remote(*job), work):
         for name, level, svg, image_svg, row in rows:
             progress.item(record(outdir, name, level, svg, image_svg, row))
+        progress.chunk_finished(len(rows))
 
 
 class RayWorker:

@@ -22,6 +22,8 @@ a flag: a KeyboardInterrupt raised inside a weights reader would look like a bro
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import signal
 import stat
@@ -74,15 +76,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def expected_time(seconds: float, device_type: str) -> str:
+    """How long `seconds` of CPU estimate means on this device, in words (sketch's and batch's plans)."""
+    if device_type == "cpu":
+        cores = os.cpu_count() or 1
+        return (f"expected time on this CPU about {_duration(seconds)} (measured on 2 cores; this machine has "
+                f"{cores}), plus loading the models")
+    return f"on the GPU ({device_type}) this takes a fraction of the CPU time (about {_duration(seconds)} on a 2-core CPU)"
+
+
 def plan_message(config, jobs: int, device_type: str, images: int | None = None) -> str:
     """The first status line: what runs, and how long it should take on this device."""
     what = (f"{config.preset} preset: {config.num_iterations} iterations x {config.num_seeds} "
             f"seed{'s' if config.num_seeds != 1 else ''}, {jobs} job{'s' if jobs != 1 else ''}")
-    if device_type == "cpu":
-        cores = os.cpu_count() or 1
-        return (f"{what}; expected time on this CPU about {_duration(estimated_seconds(config, jobs, images))} "
-                f"(measured on 2 cores; this machine has {cores}), plus loading the models.")
-    return f"{what}; on the GPU ({device_type}) this takes a fraction of the CPU time."
+    return f"{what}; {expected_time(estimated_seconds(config, jobs, images), device_type)}."
 
 
 # --- arguments --------------------------------------------------------------------------------------
@@ -110,7 +117,7 @@ def _crop(text: str):
     return box
 
 
-class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows every default; options whose default depends on the preset say so in their help."""
 
     def _get_help_string(self, action):
@@ -119,12 +126,12 @@ class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _by_preset(field: str) -> str:
+def by_preset(field: str) -> str:
     return "the preset's: " + ", ".join(f"{k} {getattr(make_config(k), field)}" for k in PRESETS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = _HelpWithDefaults
+    fmt = HelpWithDefaults
     parser = argparse.ArgumentParser(prog="clipasso", description="Abstract line sketches from photos (CLIPasso).",
                                      formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"clipasso {__version__}")
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "here); several jobs: a folder (created if missing; default here) receiving "
                         "<image name>-<strokes>.svg")
     s.add_argument("--strokes", type=_strokes_list, default=None,
-                   help=f"stroke counts (abstraction levels), comma-separated, e.g. 8,16 (default: {_by_preset('num_strokes')})")
+                   help=f"stroke counts (abstraction levels), comma-separated, e.g. 8,16 (default: {by_preset('num_strokes')})")
     s.add_argument("--name", action="append", default=[],
                    help="display name of an image in messages (repeat, in image order; default: the file name)")
     s.add_argument("--crop", action="append", type=_crop, default=[],
@@ -146,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="; ".join(f"{k}: {v['doc']}" for k, v in PRESETS.items()))
     s.add_argument("--iterations", type=int, default=os.environ.get("CLIPASSO_ITERATIONS") or None,
-                   help=f"optimisation steps (default: $CLIPASSO_ITERATIONS if set, else {_by_preset('num_iterations')})")
-    s.add_argument("--seeds", type=int, help=f"how many seeds to draw at once, the best is kept (default: {_by_preset('num_seeds')})")
+                   help=f"optimisation steps (default: $CLIPASSO_ITERATIONS if set, else {by_preset('num_iterations')})")
+    s.add_argument("--seeds", type=int, help=f"how many seeds to draw at once, the best is kept (default: {by_preset('num_seeds')})")
     s.add_argument("--seed", type=int, help=f"first seed; the others are +1000, +2000, ... (default: {make_config().seed})")
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N or mps; auto uses a GPU when there is one, else the CPU "
@@ -366,7 +373,8 @@ def output_paths(images, levels, output, what: str = "-o") -> list[Path]:
     try:
         folder.mkdir(exist_ok=True)
     except OSError as exc:
-        raise EngineError("bad_argument", f"Cannot create the output folder {folder} ({exc.strerror or exc}).") from None
+        raise EngineError("bad_argument", f"Cannot create the output folder {folder} ({why_not_writable(exc)}). "
+                                          f"Choose another place with {what}.") from None
     stems, seen = [], {}
     for image in images:
         stem = Path(image).stem or "image"
@@ -391,6 +399,25 @@ def _check_parent(path: Path, what: str) -> None:
         raise EngineError("bad_argument", f"Cannot write {path}: the folder {parent} does not exist.")
 
 
+def why_not_writable(exc: OSError) -> str:
+    """An OSError on writing, in a designer's words."""
+    reasons = {errno.EROFS: "a read-only file system", errno.EACCES: "no permission to write there",
+               errno.EPERM: "no permission to write there", errno.ENOSPC: "the disk is full",
+               errno.EDQUOT: "the disk quota is used up",
+               errno.ENOENT: "a virtual file system such as /proc, not a real folder"}
+    return reasons.get(exc.errno, exc.strerror or str(exc))
+
+
+@contextlib.contextmanager
+def cannot_write(path, what: str = "-o"):
+    """A write that fails late (disk full, the folder removed) is one sentence naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise EngineError("bad_argument", f"Cannot write {getattr(exc, 'filename', None) or path} "
+                                          f"({why_not_writable(exc)}). Choose another place with {what}.") from None
+
+
 def check_writable(path: Path, what: str = "-o") -> None:
     """Create and remove a temporary file beside `path`: a bad output is found before hours of work."""
     _check_parent(path, what)
@@ -402,7 +429,7 @@ def check_writable(path: Path, what: str = "-o") -> None:
         os.remove(probe)
     except OSError as exc:
         raise EngineError("bad_argument", f"Cannot write {path}: the folder {path.parent} does not accept new "
-                                          f"files ({exc.strerror or exc}). Choose another place with {what}.") from None
+                                          f"files ({why_not_writable(exc)}). Choose another place with {what}.") from None
 
 
 # --- commands ----------------------------------------------------------------------------------------
@@ -478,7 +505,8 @@ def run_sketch(args, report: Reporter) -> int:
         for job in jobs:
             result = results[job["image"]][levels.index(job["strokes"])]
             svg_path = outputs[job["job"]]
-            result.save(svg_path)
+            with cannot_write(svg_path):
+                result.save(svg_path)
             finished_early |= result.finished_early
             event = wire.event(
                 wire.RESULT, **job, svg=str(svg_path), canvas=[result.canvas_size] * 2,
@@ -488,13 +516,16 @@ def run_sketch(args, report: Reporter) -> int:
                 iteration=result.iterations,
                 finished_early=result.finished_early, timings=result.timings)
             if image_outputs:
-                result.save(image_outputs[job["job"]], space="image")
+                with cannot_write(image_outputs[job["job"]], "--image-svg"):
+                    result.save(image_outputs[job["job"]], space="image")
                 event["image_svg"] = str(image_outputs[job["job"]])
             report(event)
-            if report.mode == "bar":
+            if report.mode != "jsonl":   # every file written, by its full path (jsonl: in the result event)
                 early = " (finished early)" if event["finished_early"] else ""
                 print(f"Wrote {svg_path} ({job['strokes']} strokes, loss {result.loss:.4f}, seed {result.seed}, "
                       f"{result.timings.get('total', 0):.0f} s on {result.device}){early}")
+                if image_outputs:
+                    print(f"Wrote {image_outputs[job['job']]} (the same strokes in the photo's pixels)")
         report(wire.event(wire.DONE, results=len(jobs), finished_early=finished_early))
         return EXIT_OK
     except Cancelled as exc:
@@ -520,7 +551,7 @@ def run_status(args, report: Reporter) -> int:
         print(f"{name}: {path or 'missing'}")
         missing |= path is None
     if missing:
-        print("Run `clipasso download-models` to fetch the missing weights"
+        print(f"Run `{models.download_command(config)}` to fetch the missing weights"
               + (f" (or put them into {args.models_dir})." if args.models_dir else "."))
     return EXIT_ERROR if missing else EXIT_OK
 

@@ -129,6 +129,8 @@ class Config:
         if len(self.conv_layer_weights) != 5 or any(self.conv_layer_weights[i] for i in (0, 1, 4)):
             bad("conv_layer_weights must be 5 numbers (stem, layer1..4) with only layer2 and layer3 non-zero, "
                 f"as the reference (got {tuple(self.conv_layer_weights)}).")
+        if self.threads < 0:
+            bad(f"Threads must be 0 (one per core) or more (got {self.threads}).")
         if self.augment_pool < 0 or self.clip_chunk < 0:
             bad("augment_pool and clip_chunk must be 0 or more.")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -138,8 +140,6 @@ class Config:
         return self
 
     def to_dict(self) -> dict:
-        if self.threads < 0:
-            bad(f"Threads must be 0 (one per core) or more (got {self.threads}).")
         return asdict(self)
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import shlex
+import shutil
 import socket
 import sys
 import threading
@@ -159,16 +161,41 @@ def _check_clip_name(name):
         raise EngineError("bad_argument", f"Unknown CLIP model {name!r}; expected one of {', '.join(CLIP_REPOS)}.")
 
 
+def engine_command(*args) -> str:
+    """This engine's command with `args`, as it runs when pasted into a terminal.
+
+    `install.py` puts the engine in its own environment, whose `clipasso` is not on the user's PATH:
+    plain `clipasso` only when it is this very one, else the full path of this environment's script,
+    else this Python with -m."""
+    folder = Path(sys.executable).parent   # not resolved: a venv's python is a link to the base one
+    script = next((folder / n for n in ("clipasso", "clipasso.exe") if (folder / n).is_file()), None)
+    on_path = shutil.which("clipasso")
+    if script is not None and on_path and Path(on_path).resolve() == script.resolve():
+        base = ["clipasso"]
+    elif script is not None:
+        base = [str(script)]
+    else:
+        base = [sys.executable, "-m", "clipasso_engine"]
+    return shlex.join([*base, *map(str, args)])
+
+
+def download_command(config) -> str:
+    """The command that fetches the weights to where this config looks for them."""
+    folder = models_dir(config)
+    return engine_command("download-models", *(["--models-dir", folder] if folder else []))
+
+
 def _missing(name: str, config, why: str) -> EngineError:
     folder = models_dir(config)
     names = " / ".join(local_file_names(name))
     where = f"the models folder {folder} has no {names}" if folder else f"no models folder with {names} is given"
     files = "RN101.safetensors, ViT-B-32.safetensors and u2net.pth"
     if os.environ.get(CALLER_ENV) == CALLER_INKSCAPE:  # the extension runs us: say how to fix it there
-        fix = (f"run `python3 install.py --download-models` once with network access (in the folder you installed "
-               f"the extension from), or run `python3 install.py --models-dir DIR` with a folder holding {files}")
+        fix = (f"run `{download_command(config)}` once with network access (or `python3 install.py "
+               f"--download-models` in the folder you installed the extension from), or run `python3 install.py "
+               f"--models-dir DIR` with a folder holding {files}")
     else:
-        fix = (f"run `clipasso download-models` once with network access, or pass --models-dir (or set "
+        fix = (f"run `{download_command(config)}` once with network access, or pass --models-dir (or set "
                f"CLIPASSO_MODELS_DIR) to a folder holding {files}")
     return EngineError("weights_missing", f"The {name} weights are not on this computer and cannot be downloaded "
                                           f"({why}); {where}. To fix it, {fix}.")
@@ -342,7 +369,7 @@ def load_state_dict_file(path) -> dict:
                 raise _invalid((
                     f"{path} is a TorchScript archive (OpenAI's original CLIP download); it is not loaded "
                     f"because that would run code from the file. Use the Hugging Face hub file instead "
-                    f"(`clipasso download-models` fetches it)."))
+                    f"(`{engine_command('download-models')}` fetches it)."))
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except EngineError:
         raise
@@ -353,12 +380,12 @@ def load_state_dict_file(path) -> dict:
         reason = ("it contains Python objects besides tensors, which are not loaded for safety"
                   if unsafe else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}")
         raise _invalid(f"{path} is not a usable weights file ({reason}). Delete it and "
-                                             f"run `clipasso download-models`, or replace it.") from exc
+                                             f"run `{engine_command('download-models')}`, or replace it.") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise _invalid(f"{path} does not hold a state dict of tensors. Delete it and run "
-                                             f"`clipasso download-models`, or replace it.")
+                                             f"`{engine_command('download-models')}`, or replace it.")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -375,7 +402,7 @@ def _load_strict(module: torch.nn.Module, state: dict, path: Path, what: str):
                 details.append(f"{len(keys)} {label}, e.g. {keys[0]}")
         raise _invalid(f"{path} does not hold {what} weights ({'; '.join(details)}). "
                                              f"Replace it with the right file or delete it and run "
-                                             f"`clipasso download-models`.")
+                                             f"`{engine_command('download-models')}`.")
     module.load_state_dict(state, strict=True)
 
 

@@ -114,15 +114,32 @@ def test_batch_survives_sigkill_and_resumes_without_loss_or_duplicates(photos, m
     assert again.returncode == 1 and len(_rows(out)) == 5  # still one bad file, nothing redone
 
 
-def test_ray_gives_the_same_svgs_as_one_process(photos, models_dir, tmp_path):
+def test_sketch_batch_and_ray_give_the_same_svgs(photos, models_dir, tmp_path):
+    """Issue 16 item 8: with this machine's own thread count (no --threads), `sketch`, `batch` and
+    `batch --ray` give byte-identical SVGs (Ray workers run with the local run's thread count; float sums
+    depend on it), and Ray's own start-up warnings are not shown."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install .[ray])")
     inputs = [photos / "chelsea.png", photos / "coffee.png"]
-    local, clustered = tmp_path / "local", tmp_path / "ray"
-    subprocess.run(_cmd(inputs, local, models_dir), env=_env(), check=True, capture_output=True, timeout=300)
-    env = dict(_env(), CLIPASSO_RAY_CPUS="2", RAY_DISABLE_USAGE_STATS="1")
-    run = subprocess.run(_cmd(inputs, clustered, models_dir, "--ray"), env=env, capture_output=True, text=True,
-                         timeout=400)
+    local, clustered, alone = tmp_path / "local", tmp_path / "ray", tmp_path / "alone"
+    no_threads = [a for a in _cmd(inputs, local, models_dir) if a not in ("--threads", "1")]
+    assert "--threads" not in no_threads
+    # torch's default thread count, 2 (not 1: Ray gives a 1-CPU worker 1 thread, which would agree by luck)
+    env = dict(_env(), OMP_NUM_THREADS="2")
+    subprocess.run(no_threads, env=env, check=True, capture_output=True, timeout=300)
+    alone.mkdir()
+    sketch = [sys.executable, "-m", "clipasso_engine", "sketch", str(inputs[0]), "-o", str(alone / "chelsea-16.svg"),
+              "--preset", "fast", "--iterations", "2", "--device", "cpu", "--models-dir", str(models_dir),
+              "--progress", "none"]
+    subprocess.run(sketch, env=env, check=True, capture_output=True, timeout=300)
+    # 4 logical CPUs for 2-thread workers: two workers, one image each
+    env = dict(env, CLIPASSO_RAY_CPUS="4", RAY_DISABLE_USAGE_STATS="1")
+    ray_cmd = [a.replace(str(local), str(clustered)) for a in no_threads] + ["--ray"]
+    run = subprocess.run(ray_cmd, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
+    start = json.loads(run.stdout.splitlines()[0])
+    assert start["event"] == "batch_start" and start["device"] == "Ray, 2 CPU workers"
     for name in ("chelsea-16.svg", "coffee-16.svg"):
         assert (clustered / name).read_text() == (local / name).read_text()
+    assert (alone / "chelsea-16.svg").read_text() == (local / "chelsea-16.svg").read_text()
     assert {(r["name"], r["status"]) for r in _rows(clustered)} == {("chelsea", "ok"), ("coffee", "ok")}
+    assert "token" not in run.stderr.lower() and "WARNING" not in run.stderr, run.stderr[-2000:]

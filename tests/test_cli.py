@@ -91,12 +91,12 @@ def _subparser(name):
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
 
 
-@pytest.mark.parametrize("command", ["sketch", "download-models", "models"])
+@pytest.mark.parametrize("command", ["sketch", "download-models", "models", "batch"])
 def test_help_shows_every_default(command):
     sub = _subparser(command)
     formatter = sub.formatter_class(prog="clipasso")
     for action in sub._actions:
-        if action.option_strings and action.dest != "help":
+        if action.option_strings and action.dest != "help" and not action.required:
             assert "default" in formatter._get_help_string(action), action.option_strings
 
 

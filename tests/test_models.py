@@ -196,7 +196,9 @@ def test_weights_missing_under_inkscape_says_how_to_fix_it_there(monkeypatch):
     message = caught.value.message
     assert caught.value.code == "weights_missing"
     assert "install.py --download-models" in message and "install.py --models-dir" in message
-    assert "CLIPASSO_MODELS_DIR" not in message and "clipasso download-models" not in message
+    assert "CLIPASSO_MODELS_DIR" not in message
+    # issue 16: the engine's own command, by a path that runs as written (its `clipasso` is not on PATH)
+    assert f"`{models.download_command(make_config('fast'))}`" in message
 
 
 def test_weights_missing_names_the_empty_models_folder(tmp_path):
