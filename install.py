@@ -738,13 +738,30 @@ def install(args) -> int:
             raise InstallError("Downloading the model weights failed (see the message above).",
                                f"Everything else is installed. Check the network and retry with:\n    {shell_join(cmd)}")
     else:
-        say("models", f"not downloaded now (first use downloads them; or run: {shell_join([python, '-m', 'clipasso_engine', 'download-models'])})")
+        download = [python, "-m", "clipasso_engine", "download-models"] + (["--models-dir", models_dir] if models_dir else [])
+        missing = None if dry else missing_weights(python, models_dir)
+        if missing == []:   # a rerun, or weights put in --models-dir by hand: say they are there
+            say("models", f"all weights found{f' in {models_dir}' if models_dir else ' (downloaded before)'}")
+        else:
+            absent = f"{', '.join(missing)} missing{f' from {models_dir}' if models_dir else ''}; " if missing else ""
+            say("models", f"not downloaded now ({absent}first use downloads them; or run: {shell_join(download)})")
 
     if not dry:
         print(f"Done: CLIPasso Sketch {version}. Restart Inkscape, select an image, then "
               f"Extensions > Generate from Image > CLIPasso Sketch.")
         print(f"Uninstall with: {shell_join([Path(sys.executable).name, Path(__file__).name, '--uninstall'] + (['--extensions-dir', str(ext_dir)] if args.extensions_dir else []))}")
     return 0
+
+
+def missing_weights(python: Path, models_dir) -> list | None:
+    """The weights the engine would not find (its `models` command: no network), None if it cannot tell."""
+    cmd = [str(python), "-m", "clipasso_engine", "models"] + (["--models-dir", str(models_dir)] if models_dir else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    status = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line and not line.startswith("Run "))
+    return [name for name, where in status.items() if where == "missing"] if status else None
 
 
 def check_engine(python: Path, pip: Pip):

@@ -237,9 +237,14 @@ def test_install_into_an_existing_environment_reinstall_and_uninstall(tmp_path):
     pins = (venv / "clipasso_constraints.txt").read_text().split()
     assert pins == [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
 
-    # again, with a models folder: upgraded in place, nothing duplicated
+    # again, with a models folder that holds the weights: upgraded in place, nothing duplicated, and the
+    # weights are reported found (issue 16: a rerun said "not downloaded" while they were in DIR)
+    (tmp_path / "weights").mkdir()
+    for name in ("RN101.safetensors", "ViT-B-32.safetensors", "u2net.pth"):
+        (tmp_path / "weights" / name).write_bytes(b"stand-in")
     out = run_install("--venv", venv, "--extensions-dir", ext, "--models-dir", tmp_path / "weights")
     assert out.returncode == 0, out.stdout + out.stderr
+    assert f"all weights found in {tmp_path / 'weights'}" in out.stdout and "not downloaded" not in out.stdout
     config = json.loads((target / "clipasso_engine.json").read_text())
     assert config["models_dir"] == str(tmp_path / "weights")
     assert sorted(p.name for p in ext.iterdir()) == ["clipasso"]  # no staging / old copies left
