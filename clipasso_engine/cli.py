@@ -448,10 +448,12 @@ def check_device(requested: str) -> str:
     return resolve_device(requested).type
 
 
-def read_inputs(images, names, crops, config) -> list:
+def read_inputs(images, names, crops, config, report) -> list:
     """Every image read onto the canvas before torch and the models load: a bad file is answered in a
     fraction of a second with its own code (bad_image, or bad_argument for a crop outside it)."""
     from . import imageio
+    report(wire.event(wire.STATUS, phase="image", message="Reading the image" if len(images) == 1
+                      else f"Reading {len(images)} images"))
     return [imageio.load_image(path, config, name=name, crop=crop) for path, name, crop in zip(images, names, crops)]
 
 
@@ -471,7 +473,7 @@ def run_sketch(args, report: Reporter) -> int:
     image_outputs = output_paths(images, levels, args.image_svg, "--image-svg") if args.image_svg else None
     jobs = [{"job": i * len(levels) + j, "image": i, "name": names[i] or Path(images[i]).name, "strokes": n}
             for i in range(len(images)) for j, n in enumerate(levels)]
-    loaded = read_inputs(images, names, crops, config)
+    loaded = read_inputs(images, names, crops, config, report)
 
     from . import models   # torch from here on
     models.interrupt_pending.clear()

@@ -515,7 +515,9 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
     timings, t_start = {}, time.perf_counter()
 
     # Every input is read before any model loads: a bad file is answered at once, with its own code.
-    t = control.status("image", "Reading the image" if len(images) == 1 else f"Reading {len(images)} images")
+    t = time.perf_counter()
+    if not all(isinstance(image, imageio.LoadedImage) for image in images):   # else the caller read them
+        control.status("image", "Reading the image" if len(images) == 1 else f"Reading {len(images)} images")
     loaded = read_images(images, config, names, crops, control)
     timings["image"] = time.perf_counter() - t
 

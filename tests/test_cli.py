@@ -143,7 +143,9 @@ def test_several_images_and_levels_make_one_call_and_one_result_per_job(photos, 
     assert [i.name for i in images] == ["Kitty", "cat.png", "dog.jpg"] and all(i.image_size == (40, 30) for i in images)
     assert images[0].canvas_to_image[4:] == (1.0, 1.0) and images[1].canvas_to_image[4:] == (0.0, -5.0)
     kinds = [e["event"] for e in events]
-    assert kinds[0] == wire.STATUS and "fast preset" in events[0]["message"] and "expected time" in events[0]["message"]
+    # the images are read first, then the plan with its expected time, then the models load
+    assert [e.get("phase") for e in events[:2]] == ["image", "plan"] and "Reading 3 images" in events[0]["message"]
+    assert "fast preset" in events[1]["message"] and "expected time" in events[1]["message"]
     start = events[kinds.index(wire.START)]
     assert [(j["job"], j["image"], j["strokes"]) for j in start["jobs"]] == [(k, k // 2, 4 * (1 + k % 2)) for k in range(6)]
     assert start["jobs"][0]["name"] == "Kitty" and start["jobs"][2]["name"] == "cat.png"

@@ -125,7 +125,8 @@ def test_a_missing_gpu_is_answered_before_any_time_estimate(tmp_path, capsys):
     Image.new("RGB", (40, 30)).save(photo)
     code = cli.main(["sketch", str(photo), "-o", str(tmp_path / "c.svg"), "--device", "cuda", "--progress", "jsonl"])
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert code == 1 and [e["event"] for e in events] == ["error"] and events[0]["code"] == "device_unavailable"
+    assert code == 1 and events[-1]["code"] == "device_unavailable"
+    assert [e.get("phase") for e in events] == ["image", None]   # read, then refused: no estimate
 
 
 # --- batch: the same default as sketch, the plan and its time before anything loads --------------------
