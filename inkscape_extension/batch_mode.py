@@ -21,25 +21,6 @@ import sys
 BATCH_FLAG = "--batch-process"
 
 
-def _pipe_holders(target):
-    """pids of the other processes of our session holding the pipe `target` ('pipe:[inode]')."""
-    me, session = os.getpid(), os.getsid(0)
-    holders = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            if os.getsid(int(entry)) != session:  # Inkscape spawns us in its own session: skip the rest
-                continue
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                if os.readlink(f"/proc/{entry}/fd/{fd}") == target:
-                    holders.append(int(entry))
-                    break
-        except OSError:  # gone meanwhile, or not ours to look into
-            continue
-    return holders
-
-
 def _arguments(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -48,17 +29,34 @@ def _arguments(pid):
         return []
 
 
+def _holds(pid, target):
+    """True when process pid has the pipe `target` ('pipe:[inode]') open."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:  # gone meanwhile, or not ours to look into
+        return False
+
+
 @functools.lru_cache(maxsize=None)
 def inkscape_batch_pid():
-    """The pid of the `inkscape --batch-process` reading our stderr, or None when not in batch mode."""
+    """The pid of the `inkscape --batch-process` reading our stderr, or None when not in batch mode.
+    Only processes of our session whose command line says --batch-process have their files looked
+    at, so an interactive run (the usual case) costs one read of each command line."""
     try:
         target = os.readlink("/proc/self/fd/2")
+        me, session = os.getpid(), os.getsid(0)
+        pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) != me]
     except OSError:  # no /proc (Windows, macOS) or no stderr
         return None
     if not target.startswith("pipe:"):
         return None
-    for pid in _pipe_holders(target):
-        if BATCH_FLAG in _arguments(pid):
+    for pid in pids:
+        try:
+            if os.getsid(pid) != session:  # Inkscape starts us in its own session
+                continue
+        except OSError:
+            continue
+        if BATCH_FLAG in _arguments(pid) and _holds(pid, target):
             return pid
     return None
 
