@@ -547,7 +547,7 @@ class Progress:
 def run(args, report) -> int:
     """Every option, the output folder and every image are checked before anything is created or loaded;
     then the plan and its expected time are printed, then the models load and the sketches are drawn."""
-    from .cli import CancelWatch, check_device
+    from .cli import CancelWatch
     config = build_config(args)
     levels = parse_levels(args.strokes, config)
     k = parse_batch_images(args.batch_images)
@@ -556,43 +556,25 @@ def run(args, report) -> int:
     check_output_folder(outdir)
     pending, total, skipped, failed_before = plan(outdir, levels, collect_inputs(args.inputs), args.retry_failed)
     pending, bad_rows = check_images(pending, config)
-    cluster = None
-    if pending:
-        if ray is not None:
-            cluster = start_ray(ray, args, config, len(pending), k)
-            k, device, workers = cluster["k"], cluster["device"], cluster["workers"]
-            device_type = "cuda" if cluster["gpu"] else "cpu"
-        else:
-            device = device_type = check_device(config.device)   # device_unavailable now, before the estimate
-            k = k or auto_batch_images(device, config)
-            workers = 1
+    where = choose_where(ray, args, config, pending, k) if pending else None
     create_output_folder(outdir)
     t0 = time.perf_counter()
     watch = CancelWatch(report)
     progress = None
     try:
-        chunk_list = list(chunks(pending, k)) if pending else []
+        chunk_list = list(chunks(pending, where["k"])) if pending else []
         seconds = estimated_seconds(config, chunk_list)
         jobs = sum(len(todo) for *_, todo in pending)
         progress = Progress(report, total, skipped, outdir, jobs, seconds / jobs if jobs else None,
-                            workers if pending else 1)
+                            where["workers"] if where else 1)
         progress.failed = failed_before  # the exit status says whether the whole batch is good, reruns included
-        message = plan_message(config, levels, pending, skipped, len({r["input"] for *_, r in bad_rows}),
-                               device, device_type, seconds, k, workers) if pending else None
-        if report.mode == "jsonl":
-            report({"event": BATCH_START, "total": total, "pending": jobs, "skipped": skipped,
-                    "batch_images": k if pending else None, "device": device if pending else None,
-                    "output": str(outdir), "estimated_seconds": round(seconds / workers, 1) if pending else 0,
-                    "message": message})
-        elif progress.bar is not None and message:
-            progress.bar.write(f"clipasso: {message}")
+        announce(report, progress, config, levels, pending, skipped, bad_rows, where, seconds)
         for name, level, row in bad_rows:   # unreadable files: recorded before any model loads
             progress.item(record(outdir, name, level, None, None, row), drawn=False)
-        if pending:
-            if cluster is not None:
-                run_ray(cluster, outdir, chunk_list, progress)
-            else:
-                run_local(args, config, outdir, chunk_list, progress, watch)
+        if where and where["cluster"] is not None:
+            run_ray(where["cluster"], outdir, chunk_list, progress)
+        elif where:
+            run_local(args, config, outdir, chunk_list, progress, watch)
     except Cancelled as exc:
         raise Cancelled(watch.reason) from exc
     finally:
@@ -607,6 +589,34 @@ def run(args, report) -> int:
         print(f"{progress.done - progress.failed} of {total} sketches in {outdir} "
               f"({progress.failed} failed; manifest {outdir / MANIFEST}), {seconds:.0f} s")
     return 1 if progress.failed else 0
+
+
+def choose_where(ray, args, config, pending, k) -> dict:
+    """Where the sketches are drawn: device (its label and kind), images per batch, workers, Ray's pool.
+    An explicit device this machine lacks is device_unavailable here, before any estimate is printed."""
+    if ray is not None:
+        cluster = start_ray(ray, args, config, len(pending), k)
+        return {"device": cluster["device"], "device_type": "cuda" if cluster["gpu"] else "cpu", "k": cluster["k"],
+                "workers": cluster["workers"], "cluster": cluster}
+    from .cli import check_device
+    device = check_device(config.device)
+    return {"device": device, "device_type": device, "k": k or auto_batch_images(device, config), "workers": 1,
+            "cluster": None}
+
+
+def announce(report, progress, config, levels, pending, skipped, bad_rows, where, seconds) -> None:
+    """The plan, before any model loads: a batch_start event (jsonl), or a line above the bar."""
+    message = None
+    if where:
+        message = plan_message(config, levels, pending, skipped, len({r["input"] for *_, r in bad_rows}),
+                               where["device"], where["device_type"], seconds, where["k"], where["workers"])
+    if report.mode == "jsonl":
+        report({"event": BATCH_START, "total": progress.total, "pending": progress.jobs_left, "skipped": skipped,
+                "batch_images": where and where["k"], "device": where and where["device"],
+                "output": str(progress.outdir),
+                "estimated_seconds": round(seconds / where["workers"], 1) if where else 0, "message": message})
+    elif progress.bar is not None and message:
+        progress.bar.write(f"clipasso: {message}")
 
 
 def run_local(args, config, outdir, chunk_list, progress, watch):
@@ -644,11 +654,18 @@ def start_ray(ray, args, config, images: int, k):
     import torch
     from ray.util import ActorPool
     address = None if args.ray == "auto" else args.ray
+    if address is not None:
+        check_reachable(address)
     if not ray.is_initialized():
-        # logging_level: Ray's own start-up lines (auth token, dashboard) are not the user's business
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR,
-                 **({"num_cpus": int(os.environ["CLIPASSO_RAY_CPUS"])} if "CLIPASSO_RAY_CPUS" in os.environ
-                    and address is None else {}))
+        try:   # logging_level: Ray's own start-up lines (auth token, dashboard) are not the user's business
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR,
+                     **({"num_cpus": int(os.environ["CLIPASSO_RAY_CPUS"])} if "CLIPASSO_RAY_CPUS" in os.environ
+                        and address is None else {}))
+        except Exception as exc:  # noqa: BLE001  Ray raises ConnectionError, RuntimeError, ValueError...
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise EngineError("bad_argument", f"Cannot start or reach {where} ({type(exc).__name__}: "
+                                              f"{str(exc).splitlines()[0] if str(exc) else 'no details'}). Check the "
+                                              "address that `ray start --head` printed, or leave out --ray.") from None
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     threads = config.threads or torch.get_num_threads()
@@ -663,6 +680,20 @@ def start_ray(ray, args, config, images: int, k):
     kind = "GPU" if gpus else "CPU"
     return {"pool": pool, "workers": workers, "k": k or 1, "device": f"Ray, {workers} {kind} worker"
             f"{'s' if workers != 1 else ''}", "gpu": bool(gpus)}
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A head that does not answer is one sentence in seconds (ray.init waits on it for minutes)."""
+    import socket
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return   # not host:port: Ray's own forms (e.g. a cluster's name) are Ray's to judge
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise EngineError("bad_argument", f"The Ray cluster at {address} does not answer ({exc.strerror or exc}). "
+                                          "Check the address that `ray start --head` printed, or leave out "
+                                          "--ray.") from None
 
 
 def run_ray(cluster, outdir, chunk_list, progress):

@@ -1,6 +1,15 @@
 """Everything CLIP-specific the loop touches, in one place: the input normalisation, the ResNet's
 intermediate features (the open_clip ModifiedResNet internals the loss reads) and the precision CLIP
 runs in on each device.
+
+The loss sees its network through one small seam, a *perceptual network*: any object with
+
+    perceptual_features(images, need_embedding) -> (fine, coarse, embedding or None)
+
+taking RGB images in [0, 1] (it does its own input normalisation) and returning two convolutional
+feature maps (stride 8 and stride 16: RN101's layer2 and layer3) and a pooled embedding. CLIP RN101 is
+the product's (ClipResNet below); the tests and benchmarks plug an ImageNet-trained stand-in into the
+same seam (tests/standin_net.py), since CLIP's weights cannot be downloaded on the build machines.
 """
 
 from __future__ import annotations
@@ -32,6 +41,26 @@ def resnet_features(visual, x: torch.Tensor, need_embedding: bool = True):
     layer3 = visual.layer3(layer2)
     embedding = visual.attnpool(visual.layer4(layer3)) if need_embedding else None
     return layer2, layer3, embedding
+
+
+class ClipResNet(torch.nn.Module):
+    """CLIP RN101's image tower as a perceptual network: CLIP normalisation, then layer2, layer3 and the
+    attention-pool embedding (what the reference's loss reads)."""
+
+    def __init__(self, visual, channels_last: bool = True):
+        super().__init__()
+        self.visual = visual
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def perceptual_features(self, images: torch.Tensor, need_embedding: bool = True):
+        return resnet_features(self.visual, clip_normalize(images).contiguous(memory_format=self.memory_format),
+                               need_embedding)
+
+
+def perceptual_net(model, channels_last: bool = True):
+    """The loss's network: a model that already is a perceptual network (a stand-in) as it is, open_clip's
+    ModifiedResNet wrapped as ClipResNet."""
+    return model if hasattr(model, "perceptual_features") else ClipResNet(model, channels_last)
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:

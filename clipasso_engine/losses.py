@@ -83,13 +83,12 @@ class CLIPLoss:
     sketches and targets of the batch, so a sketch's loss is the same as when it is run alone.
     """
 
-    def __init__(self, visual, targets: torch.Tensor, config: Config):
-        self.visual = visual
+    def __init__(self, net, targets: torch.Tensor, config: Config):
+        self.net = clip.perceptual_net(net, config.channels_last)   # CLIP RN101 (or a stand-in: clip.py)
         self.config = config
         w = config.conv_layer_weights
         self.w2, self.w3 = float(w[2]), float(w[3])   # Config.validate allows only layer2/layer3
         self.fc_weight = float(config.fc_loss_weight)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.targets = targets
         self.device = targets.device
         with torch.no_grad():
@@ -101,9 +100,8 @@ class CLIPLoss:
 
     def _features(self, images: torch.Tensor):
         """CLIP features at the device's precision, returned in fp32 for the loss."""
-        x = clip_normalize(images).contiguous(memory_format=self.memory_format)
         with clip.autocast(self.device, self.config.precision):
-            feats = resnet_features(self.visual, x, need_embedding=self.fc_weight != 0)
+            feats = self.net.perceptual_features(images, need_embedding=self.fc_weight != 0)
         return tuple(None if f is None else f.float() for f in feats)
 
     def _per_sketch(self, sketch_feats, target_feats, views: int, target_index: torch.Tensor) -> torch.Tensor:

@@ -271,3 +271,12 @@ def test_the_download_command_runs_as_written(tmp_path, monkeypatch):
     assert models.download_command(config) == f"{script} download-models --models-dir '{tmp_path / 'my models'}'"
     monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin")   # activated, or linked onto PATH: the short name
     assert models.engine_command("download-models") == "clipasso download-models"
+
+
+def test_a_ray_head_that_does_not_answer_is_one_sentence_at_once(tmp_path, capsys):
+    pytest.importorskip("ray", reason="Ray is not installed")
+    photo = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30)).save(photo)
+    code, events, _ = _batch([photo, "-o", tmp_path / "out", "--ray", "127.0.0.1:1"], capsys)
+    assert code == 1 and events[-1]["code"] == "bad_argument" and "127.0.0.1:1 does not answer" in events[-1]["message"]
+    assert not (tmp_path / "out").exists()
