@@ -35,6 +35,13 @@ DEVIATIONS = [
     ("batchnorm folded", "RN101's BatchNorms are folded into its convolutions at load time: the same function "
                          "to float rounding, faster and with fewer saved activations"),
     ("precision", "on CUDA CLIP runs under fp16 autocast (the reference runs CLIP in fp16 on a GPU); fp32 on the CPU"),
+    ("soft_padding", "the padding continues the photo's blurred border and fades to white (12 px), instead of "
+                     "plain white: the boundary between photo and padding is then no edge for CLIP to draw as a "
+                     "straight line across the sketch (0 restores white padding)"),
+    ("frame_margin", "start strokes are sampled only inside the photo, 6 px away from its boundary with the "
+                     "padding (the reference samples the whole canvas; with padding its frame is an edge)"),
+    ("min_stroke_length", "fast and balanced: a stroke that collapses below 5 px (a dot) is re-seeded where the "
+                          "drawing still misses the picture, during the first 70 % of the run (0 = never, paper)"),
     ("rasterizer", "a pure-PyTorch analytic-coverage rasterizer instead of diffvg's 2x2 stratified samples "
                    "(closer to diffvg's own 16x16 render and gradient than diffvg at 2x2); diffvg is used when "
                    "pydiffvg imports and backend='diffvg' or 'auto'"),
@@ -51,6 +58,8 @@ class Config:
 
     # --- preprocessing -------------------------------------------------------------------------
     pad_to_square: bool = True       # DEVIATION: pad with white; False = stretch like the reference
+    soft_padding: float = 12.0       # DEVIATION: the padding continues the photo's blurred border and fades to
+                                     #   white over ~12 px, so the photo/padding boundary is no edge (0 = white)
     fix_scale: bool = False          # reference option: centre on a white square of side max(h, w) + 20
     mask_background: bool = False    # U^2-Net background removal (reference `mask_object`, off)
     mask_threshold: float = 0.5      # reference: U^2-Net d1, min-max normalised, > 0.5 is object
@@ -64,6 +73,9 @@ class Config:
     xdog_phi: float = 200.0
     xdog_epsilon: float = -0.1
 
+    frame_margin: float = 6.0        # DEVIATION: no start stroke within 6 px (one random-walk step) of the
+                                     #   photo's boundary with its padding: that edge is the framing's
+
     # --- optimisation ---------------------------------------------------------------------------
     num_iterations: int = 2000       # reference 2001 loop steps; quality is visible after ~100
     num_seeds: int = 3               # reference runs seeds 0, 1000, 2000 and keeps the best
@@ -75,6 +87,10 @@ class Config:
     eval_every: int = 10             # clean-view loss without grad; keep the best iterate per seed
     early_stop: bool = False         # original: stop at the 2nd eval within 1e-5 of the best; SVGRender: never
     early_stop_tolerance: float = 1e-5
+    min_stroke_length: float = 0.0   # fast/balanced 5 (DEVIATION): a stroke shorter than this (canvas px) has
+                                     #   collapsed to a dot: re-seed it where the drawing misses the picture
+                                     #   (0 = never, the reference)
+    reseed_until: float = 0.7        # re-seed only in the first 70 % of the iterations, so the last ones settle
 
     # --- loss -----------------------------------------------------------------------------------
     num_augs: int = 4                # joint augmentations per iteration, plus the clean view
@@ -131,6 +147,10 @@ class Config:
                 f"as the reference (got {tuple(self.conv_layer_weights)}).")
         if self.threads < 0:
             bad(f"Threads must be 0 (one per core) or more (got {self.threads}).")
+        if min(self.soft_padding, self.frame_margin, self.min_stroke_length) < 0:
+            bad("soft_padding, frame_margin and min_stroke_length must be 0 or more.")
+        if not 0 <= self.reseed_until <= 1:
+            bad(f"reseed_until must be between 0 and 1 (got {self.reseed_until}).")
         if self.augment_pool < 0 or self.clip_chunk < 0:
             bad("augment_pool and clip_chunk must be 0 or more.")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -148,13 +168,16 @@ PRESETS = {
     "paper": dict(
         doc="the reference: 2000 iterations x 3 seeds, best seed kept (slowest, best loss)",
     ),
+    # fast and balanced were chosen by measured time-to-quality on a trained network (benchmarks/bench_quality.py,
+    # README "Drawing quality"): more steps through fewer views beat more views per step, one seed run longer beats
+    # several seeds run shorter, and re-seeding collapsed strokes both removes the dots and lowers the loss
     "balanced": dict(
-        doc="500 iterations x 2 seeds: most of the paper's quality in a sixth of the time",
-        num_iterations=500, num_seeds=2, augment_pool=32,
+        doc="1 seed, 1000 iterations, 2 augmented views, dots re-seeded: close to the paper in a tenth of its time",
+        num_iterations=1000, num_seeds=1, num_augs=2, augment_pool=32, min_stroke_length=5.0,
     ),
     "fast": dict(
-        doc="1 seed, 100 iterations, 2 augmented views: a usable sketch in about a minute on a 2-core CPU",
-        num_iterations=100, num_seeds=1, num_augs=2, augment_pool=32,
+        doc="1 seed, 250 iterations, 1 augmented view, dots re-seeded: a formed drawing in 1-2 minutes on a 2-core CPU",
+        num_iterations=250, num_seeds=1, num_augs=1, augment_pool=32, min_stroke_length=5.0,
     ),
 }
 

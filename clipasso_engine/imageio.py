@@ -70,6 +70,8 @@ class LoadedImage:
     canvas_to_image: tuple[float, ...]  # (a, b, c, d, e, f): x_img = a x + c y + e, y_img = b x + d y + f
     name: str = "image"                # display name, for messages (file name unless given)
     mask: torch.Tensor | None = None   # 1x1xSxS {0, 1}, 1 = kept, once apply_mask has run
+    photo_box: tuple[float, ...] | None = None  # (left, top, right, bottom) canvas px the photo covers (the
+                                                # rest is padding); None = the whole canvas
 
 
 def load_image(source, config, name: str | None = None, crop=None) -> LoadedImage:
@@ -98,7 +100,37 @@ def load_image(source, config, name: str | None = None, crop=None) -> LoadedImag
     resized = working.resize((size, size), Image.Resampling.BICUBIC)
     import torch
     target = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
-    return LoadedImage(target=target, image_size=whole_size, canvas_to_image=matrix, name=name)
+    a, _, _, d, e, f = matrix
+    box = ((left - e) / a, (top - f) / d, (left + rgb.width - e) / a, (top + rgb.height - f) / d)
+    if config.pad_to_square and not config.fix_scale and getattr(config, "soft_padding", 0):
+        target = soften_padding(target, box, config.soft_padding)
+    return LoadedImage(target=target, image_size=whole_size, canvas_to_image=matrix, name=name, photo_box=box)
+
+
+def soften_padding(target, photo_box, fade: float):
+    """The padding without an edge (DEVIATION, config.soft_padding): white padding next to a photo is a
+    strong straight edge in the target, which CLIP's features see and the strokes then draw (a line across
+    the sketch that is not part of the object). Each padding pixel instead continues the photo's border,
+    blurred (sigma fade / 2) so that it carries no lines, and fades to white with the distance d to the photo
+    as exp(-d / fade). The photo's own pixels are unchanged, and so is the canvas -> image map."""
+    import torch
+    from scipy.ndimage import gaussian_filter
+    size = target.shape[-1]
+    x0, y0, x1, y1 = photo_box
+    c0, r0 = max(0, int(np.ceil(x0 - 1e-6))), max(0, int(np.ceil(y0 - 1e-6)))      # whole photo pixels
+    c1, r1 = min(size, int(np.floor(x1 + 1e-6))), min(size, int(np.floor(y1 + 1e-6)))
+    if (c0, r0, c1, r1) == (0, 0, size, size) or c1 - c0 < 2 or r1 - r0 < 2:
+        return target
+    image = target[0].numpy().astype(np.float64)
+    border = gaussian_filter(image[:, r0:r1, c0:c1], sigma=(0, fade / 2, fade / 2), mode="nearest")
+    extended = np.pad(border, ((0, 0), (r0, size - r1), (c0, size - c1)), mode="edge")
+    centres = np.arange(size) + 0.5
+    dx = np.maximum(np.maximum(c0 - centres, centres - c1), 0)[None, :]
+    dy = np.maximum(np.maximum(r0 - centres, centres - r1), 0)[:, None]
+    weight = np.exp(-np.hypot(dx, dy) / fade)
+    inside = (dx == 0) & (dy == 0)
+    softened = np.where(inside, image, 1.0 + (extended - 1.0) * weight)
+    return torch.from_numpy(softened.astype(np.float32))[None].contiguous()
 
 
 def check_crop(crop, image_size, name: str = "image") -> tuple[int, int, int, int]:

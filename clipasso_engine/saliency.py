@@ -164,6 +164,22 @@ def stroke_distribution(saliency: np.ndarray, ink_mask: np.ndarray, temperature:
     return np.full(M.shape, 1.0 / M.size)
 
 
+def inside_photo(distribution: np.ndarray, photo_box, margin: float) -> np.ndarray:
+    """The distribution with zero outside the photo and within `margin` px of its boundary with the padding
+    (the frame between photo and padding is an edge of the framing, not of the picture), renormalised;
+    unchanged when the photo fills the canvas, or when nothing would be left."""
+    if photo_box is None:
+        return distribution
+    size = distribution.shape[-1]
+    left, top, right, bottom = photo_box
+    inset = [margin if abs(v - e) > 0.5 else 0.0 for v, e in ((left, 0), (top, 0), (right, size), (bottom, size))]
+    centres = np.arange(size) + 0.5
+    cols = (centres >= left + inset[0]) & (centres <= right - inset[2])
+    rows = (centres >= top + inset[1]) & (centres <= bottom - inset[3])
+    kept = distribution * (rows[:, None] & cols[None, :])
+    return kept / kept.sum() if kept.sum() > 0 else distribution
+
+
 def init_strokes(distribution: np.ndarray, num_strokes: int, config: Config,
                  generator: np.random.Generator | int | None = None) -> torch.Tensor:
     """N start pixels drawn without replacement from `distribution`, each grown into a cubic stroke:
@@ -198,7 +214,10 @@ def saliency_map(vit_visual, target: torch.Tensor, config: Config):
     Returns (distribution, saliency, ink) as SxS numpy arrays; sample strokes with init_strokes."""
     param = next(vit_visual.parameters())
     image_norm = clip_normalize(target[:1].to(device=param.device, dtype=param.dtype))
-    saliency = vit_attention_map(vit_visual, image_norm, size=target.shape[-1])
+    if hasattr(vit_visual, "saliency"):   # a stand-in network's own saliency (tests/standin_net.py)
+        saliency = vit_visual.saliency(target[:1].to(device=param.device, dtype=param.dtype), target.shape[-1])
+    else:
+        saliency = vit_attention_map(vit_visual, image_norm, size=target.shape[-1])
     ink = xdog_ink_mask(image_norm, config)
     distribution = stroke_distribution(saliency, ink, config.saliency_temperature)
     return distribution, saliency, ink

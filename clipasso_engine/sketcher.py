@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import clip, imageio, models, raster, saliency, svg, wire
+from . import clip, imageio, models, raster, saliency, strokes, svg, wire
 from .config import Config, check_knobs, make_config
 from .errors import Cancelled, EngineError
 from .losses import CLIPLoss
@@ -56,6 +56,9 @@ class Sketch:
     name: str = "image"                 # the image's display name
     iterations: int = 0                 # optimiser steps done (fewer than asked when finished early)
     finished_early: bool = False        # "Keep current": the best so far, before the last iteration
+    reseeded: int = 0                   # collapsed strokes started again during the run (all jobs of the run)
+    short_strokes: int = 0              # strokes shorter than 5 canvas px in the result (dots)
+    frame_strokes: int = 0              # strokes lying along the photo's boundary with its padding
 
     @property
     def num_strokes(self) -> int:
@@ -271,18 +274,23 @@ class Layout:
         return per_level.repeat(len(self.levels)).to(device)
 
 
-def init_points(vit, targets: list, layout: Layout, config: Config, device, control: Control) -> list:
-    """Per level, (images * seeds, strokes, 4, 2) start strokes on `device`.
+def init_points(vit, targets: list, layout: Layout, config: Config, device, control: Control) -> tuple[list, list]:
+    """Per level, (images * seeds, strokes, 4, 2) start strokes on `device`; and per image the start
+    distribution they were drawn from (kept for re-seeding collapsed strokes).
 
     Every (image, level, seed) samples from its image's distribution with its own generator
-    default_rng(seed): what the reference does for one image at one level, whatever else is batched."""
+    default_rng(seed): what the reference does for one image at one level, whatever else is batched.
+    The distribution is restricted to the photo, config.frame_margin px inside its boundary with the
+    padding (DEVIATION: the boundary is an edge of the framing, not of the picture)."""
     distributions = []
     for image in targets:
         control.check_cancel()
-        distributions.append(saliency.saliency_map(vit, image.target.to(device), config)[0])
-    return [torch.stack([saliency.init_strokes(dist, strokes, config, np.random.default_rng(seed))
-                         for dist in distributions for seed in config.seeds]).to(device)
-            for strokes in layout.levels]
+        distribution = saliency.saliency_map(vit, image.target.to(device), config)[0]
+        distributions.append(saliency.inside_photo(distribution, image.photo_box, config.frame_margin))
+    points = [torch.stack([saliency.init_strokes(dist, strokes, config, np.random.default_rng(seed))
+                           for dist in distributions for seed in config.seeds]).to(device)
+              for strokes in layout.levels]
+    return points, distributions
 
 
 # --- step 4: optimise ------------------------------------------------------------------------------
@@ -313,6 +321,46 @@ def optimise_step(points: list, sketches: torch.Tensor, optimizer, loss_fn: CLIP
         for p, f, k in zip(points, per_level, kept):
             p[f] = k
     return per_row
+
+
+def reseed_collapsed(points: list, optimizer, distributions: list, layout: Layout, config: Config, iteration: int,
+                     tracker: "BestOfSeeds", backend: str) -> int:
+    """Strokes that collapsed (shorter than config.min_stroke_length: a dot a designer deletes by hand)
+    start again where the drawing still misses the picture, as vector-graphics optimisers re-initialise
+    dead paths. Returns how many were re-seeded.
+
+    The new start is drawn from the image's start distribution, away from where the sketch's other
+    strokes already lie, with the generator default_rng((seed, iteration, strokes)): deterministic, and
+    the same batched or alone. The stroke's Adam moments restart: no momentum, and the second moment of
+    its sketch's other strokes (so its first steps are the size the others take now, not Adam's
+    uncorrected early steps). A re-seeded sketch's best iterate starts anew at this iteration, so that
+    the drawing returned is one without the dot."""
+    reseeded = 0
+    for level, p in enumerate(points):
+        with torch.no_grad():
+            dead = (strokes.stroke_lengths(p.detach()) < config.min_stroke_length).cpu()
+        rows = dead.any(dim=1).nonzero().flatten().tolist()
+        state = optimizer.state.get(p, {})
+        for row in rows:
+            image, seed_index = divmod(row, layout.num_seeds)
+            alive, gone = (~dead[row]).nonzero().flatten(), dead[row].nonzero().flatten()
+            with torch.no_grad():
+                drawn = raster.render_strokes(p.detach()[row:row + 1, alive.to(p.device)], config.stroke_half_width,
+                                              config.canvas_size, backend)
+                near = torch.nn.functional.max_pool2d(1 - drawn[:, :1], 9, stride=1, padding=4)[0, 0]
+            missing = distributions[image] * (1 - near.clamp(0, 1).cpu().numpy().astype(np.float64))
+            where = missing if missing.sum() > 0 else distributions[image]
+            rng = np.random.default_rng((config.seeds[seed_index], iteration, layout.levels[level]))
+            fresh = saliency.init_strokes(where / where.sum(), len(gone), config, rng).to(p)
+            with torch.no_grad():
+                p[row, gone.to(p.device)] = fresh
+                if "exp_avg" in state:
+                    state["exp_avg"][row, gone] = 0
+                    typical = state["exp_avg_sq"][row, alive].mean(dim=0) if len(alive) else 0
+                    state["exp_avg_sq"][row, gone] = typical
+            tracker.restart(level * layout.rows_per_level + row)
+            reseeded += len(gone)
+    return reseeded
 
 
 class BestOfSeeds:
@@ -346,6 +394,11 @@ class BestOfSeeds:
             self.near_once[near] = True
             self.near_once[better & ~near] = False
 
+    def restart(self, row: int) -> None:
+        """Forget a row's best (its strokes were re-seeded): the next evaluation is its new best."""
+        self.loss[row] = float("inf")
+        self.near_once[row] = False
+
     def leader(self, rows: slice) -> int:
         """The batch row of the seed with the lowest best loss among `rows` (a job's seeds)."""
         return rows.start + int(torch.argmin(self.loss[rows]))
@@ -361,10 +414,11 @@ class Optimised:
     loss_log: torch.Tensor                # (iterations, rows) training loss
     iterations: int                       # steps done
     finished_early: bool
+    reseeded: int = 0                     # collapsed strokes started again (all jobs)
 
 
 def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime,
-             control: Control) -> Optimised:
+             control: Control, distributions: list | None = None) -> Optimised:
     """Adam on every sketch at once until the last iteration, early stop of every row, or finish."""
     device, total = runtime.device, config.num_iterations
     target_index = layout.target_index(device)
@@ -384,12 +438,16 @@ def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
             last_preview = time.perf_counter()
             control.emit(preview_event(tracker, layout, loaded, config, iteration))
 
-    finished_early, evaluated_at = False, -1
+    finished_early, evaluated_at, reseeds = False, -1, 0
     for iteration in range(total):
         control.check_cancel()
         if control.finish_requested():
             finished_early = True
             break
+        if (iteration % config.eval_every == 0 and 0 < iteration < config.reseed_until * total
+                and config.min_stroke_length > 0 and distributions is not None):
+            reseeds += reseed_collapsed(points, optimizer, distributions, layout, config, iteration, tracker,
+                                        runtime.backend)
         sketches = render_all(points, config, runtime.backend)
         if iteration % config.eval_every == 0:
             evaluate(iteration, sketches)
@@ -411,7 +469,7 @@ def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
         with torch.no_grad():
             evaluate(steps, render_all(points, config, runtime.backend))
     log = torch.stack(loss_log).float().cpu() if loss_log else torch.zeros(0, layout.num_rows)
-    return Optimised(tracker, log, steps, finished_early)
+    return Optimised(tracker, log, steps, finished_early, reseeds)
 
 
 def job_best_mean(tracker: BestOfSeeds, layout: Layout) -> float:
@@ -451,6 +509,9 @@ def stroke_importance(points: torch.Tensor, full_loss: float, loss_fn: CLIPLoss,
     return torch.cat(rises)
 
 
+DOT_LENGTH = 5.0   # canvas px: a stroke shorter than this reads as a dot, not a line (what Sketch counts)
+
+
 def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime) -> list:
     """result[image][level]: each job's best seed, strokes most important first."""
     tracker = run.tracker
@@ -481,6 +542,10 @@ def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
             name=loaded[image].name,
             iterations=run.iterations,
             finished_early=run.finished_early,
+            reseeded=run.reseeded,
+            short_strokes=int((strokes.stroke_lengths(chosen) < DOT_LENGTH).sum()),
+            frame_strokes=int(strokes.on_frame(chosen.cpu().numpy(), loaded[image].photo_box or
+                                               (0, 0, config.canvas_size, config.canvas_size), config.canvas_size).sum()),
         )
     return results
 
@@ -534,7 +599,7 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
 
         t = control.status("init", "Placing the first strokes")
         layout = Layout(len(loaded), levels, config.num_seeds)
-        points = init_points(runtime.model("ViT-B-32", config), loaded, layout, config, runtime.device, control)
+        points, starts = init_points(runtime.model("ViT-B-32", config), loaded, layout, config, runtime.device, control)
         if runtime.single_use:   # the ViT (~350 MB) and U^2-Net are done: free them before the loop
             runtime.models.pop("ViT-B-32", None)
             runtime.models.pop("u2net", None)
@@ -543,7 +608,7 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
         t = control.status("optimise", "Drawing")
         targets = torch.cat([image.target for image in loaded]).to(runtime.device)
         loss_fn = CLIPLoss(runtime.model("RN101", config), targets, config)
-        run = optimise(points, loss_fn, layout, loaded, config, runtime, control)
+        run = optimise(points, loss_fn, layout, loaded, config, runtime, control, starts)
         timings["optimise"] = time.perf_counter() - t
         timings["per_iteration"] = timings["optimise"] / max(1, run.iterations)
 

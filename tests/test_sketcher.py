@@ -75,7 +75,8 @@ def test_levels_and_images_batched_give_what_each_gets_alone(chelsea_png, square
 def test_previews_are_well_formed_and_match_the_result_at_that_iteration(chelsea_png, config, runtime, monkeypatch):
     monkeypatch.setattr(wire, "PREVIEW_INTERVAL_S", 0.0)     # every evaluation, however fast
     events = []
-    config = config.replace(num_seeds=1, eval_every=5)
+    # no re-seeding (it happens in the first 70 % of a run): then the first 5 of 10 steps are a 5-step run
+    config = config.replace(num_seeds=1, eval_every=5, min_stroke_length=0.0)
     final = sketcher.sketch_many([chelsea_png], config, [4, 5], runtime=runtime, on_progress=events.append)
     previews = [e for e in events if e["event"] == wire.PREVIEW]
     assert [p["iteration"] for p in previews] == [0, 5, 10]
@@ -101,6 +102,7 @@ def test_finish_returns_the_best_so_far_as_a_normal_result(how, chelsea_png, con
             progress.append(event)
         if how == "callback" and len(progress) >= 5:
             return wire.FINISH
+    config = config.replace(min_stroke_length=0.0)   # no re-seeding: the first 5 of 1000 steps are a 5-step run
     kept = sketcher.sketch(chelsea_png, config.replace(num_iterations=1000, num_strokes=4), runtime=runtime,
                            on_progress=on_progress,
                            should_finish=(lambda: len(progress) >= 5) if how == "should_finish" else None)
