@@ -29,14 +29,14 @@ PHOTO_ALPHA = 0.35  # the photo faded, so the black strokes read clearly over it
 def gallery_layout(jobs, width, height, caption_px):
     """-> (columns, side): the largest square drawings (side px, at most THUMB_PX, at least
     MIN_THUMB_PX) and the columns that lay `jobs` of them, each with a caption caption_px tall,
-    into width x height px. Fewest columns among equals: the window stays narrow."""
+    into width x height px. Fewest rows among equals: screens are wider than tall."""
     jobs = max(1, jobs)
     best_columns, best_side = 1, 0
     for columns in range(1, jobs + 1):
         rows = -(-jobs // columns)
         side = int(min((width - (columns - 1) * SPACING) / columns,
                        (height - (rows - 1) * SPACING) / rows - caption_px, THUMB_PX))
-        if side > best_side:
+        if side >= best_side:
             best_columns, best_side = columns, side
     if best_side >= MIN_THUMB_PX:
         return best_columns, best_side

@@ -460,8 +460,11 @@ class TestProgressWindowGeometry(unittest.TestCase):
 class TestGalleryLayout(unittest.TestCase):
     def test_largest_square_that_fits(self):
         self.assertEqual(progress_window.gallery_layout(1, 900, 600, 20), (1, progress_window.THUMB_PX))
-        # three across a wide, short space: side by side
+        # three across a wide, short space: side by side; and so where rows would fit too
         self.assertEqual(progress_window.gallery_layout(3, 900, 200, 20), (3, 150))
+        self.assertEqual(progress_window.gallery_layout(3, 900, 600, 20), (3, 150))
+        # five in a tall, narrow space: as many across as fit at full size
+        self.assertEqual(progress_window.gallery_layout(5, 320, 900, 20), (2, 150))
         # six in 460 x 150 (a 1024 x 768 screen at 2x): one row of six, 70 px each
         columns, side = progress_window.gallery_layout(6, 460, 150, 20)
         self.assertEqual((columns, side), (6, int((460 - 5 * progress_window.SPACING) / 6)))
