@@ -67,12 +67,36 @@ def readme_blocks(text):
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+def indented_blocks(text):
+    """Line numbers of indented (unfenced) code blocks: Markdown shows them as code, but nothing
+    here would run them. Lines inside fences and list items' continuations are not counted."""
+    found, in_fence, previous, paragraph_start = [], False, "", ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence and line.startswith("    ") and line.strip() and not previous.strip() \
+                and not re.match(r"\s*([-*+]|\d+\.)\s", paragraph_start):
+            found.append(number)
+        if not in_fence and line.strip() and not previous.strip():
+            paragraph_start = line if not line.startswith("    ") else paragraph_start
+        previous = line
+    return found
+
+
+README_TEXT = README.read_text(encoding="utf-8")
+BLOCKS = readme_blocks(README_TEXT)
 
 
 def test_the_readme_has_blocks_to_run():
     assert sum(1 for block in BLOCKS if block[3] is None and block[1] == "python") >= 2, BLOCKS
     assert sum(1 for block in BLOCKS if block[3] is None and block[1] == "sh") >= 1, BLOCKS
+
+
+def test_every_code_block_is_fenced():
+    """An indented code block would escape this test: fence it (```sh or ```python) so it runs,
+    or fence it and opt out with the reason."""
+    assert indented_blocks("text\n\n    clipasso batch x\n\n- item\n\n    more of the item\n") == [3]
+    assert indented_blocks(README_TEXT) == [], "README.md lines holding an indented code block"
 
 
 def test_opting_out_needs_a_reason():
