@@ -13,9 +13,14 @@ appended, so a killed batch loses at most the images in flight, never leaves hal
 never records a sketch it has not written. Names are the file stems; when two inputs share a stem
 (two cat.jpg in different folders) each gets a suffix made from its resolved path, stable across reruns.
 
+Before anything is created or loaded, the options, the output folder and every image are checked (an
+unreadable image gets its error row at once, before the models load), and the plan is announced:
+images x levels x preset, device, and the expected time from the estimates `sketch` and the extension use.
+
 Batch events (jsonl mode, besides the engine's status/notice/progress/error from clipasso_engine.wire):
-  batch_start   total, pending, skipped, batch_images, device, output
-  batch_item    the manifest row (one per (image, level)), plus done, failed, total
+  batch_start   total, pending, skipped, batch_images, device, output, estimated_seconds, message
+                (the plan, before the models load; device and batch_images are null when nothing is left)
+  batch_item    the manifest row (one per (image, level)), plus done, failed, total, eta (seconds left)
   batch_done    done, failed, total, seconds, output
 Engine progress events inside a chunk carry "chunk": the names being drawn together.
 """
@@ -398,10 +403,14 @@ def plan(outdir: Path, levels, paths, retry_failed: bool):
     return pending, len(paths) * len(levels), skipped, failed
 
 
-def check_images(pending, config):
+def check_images(pending, config, report=None):
     """Every pending image read (decoded to the canvas, then dropped) before any model loads.
-    -> (the readable pending items, error rows for the others)."""
+    -> (the readable pending items, error rows for the others). Each image is decoded again before its
+    chunk (a file may change meanwhile); the first read costs ~0.1-0.3 s a photo, next to minutes a sketch."""
     from . import imageio
+    if report is not None and pending:
+        report(wire.event(wire.STATUS, phase="image", message=f"Reading {len(pending)} image"
+                          f"{'s' if len(pending) != 1 else ''} before loading the models"))
     good, bad = [], []
     for path, name, todo in pending:
         try:
@@ -555,7 +564,7 @@ def run(args, report) -> int:
     outdir = Path(args.output).expanduser().resolve()
     check_output_folder(outdir)
     pending, total, skipped, failed_before = plan(outdir, levels, collect_inputs(args.inputs), args.retry_failed)
-    pending, bad_rows = check_images(pending, config)
+    pending, bad_rows = check_images(pending, config, report)
     where = choose_where(ray, args, config, pending, k) if pending else None
     create_output_folder(outdir)
     t0 = time.perf_counter()

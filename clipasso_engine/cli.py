@@ -404,7 +404,7 @@ def why_not_writable(exc: OSError) -> str:
     reasons = {errno.EROFS: "a read-only file system", errno.EACCES: "no permission to write there",
                errno.EPERM: "no permission to write there", errno.ENOSPC: "the disk is full",
                errno.EDQUOT: "the disk quota is used up",
-               errno.ENOENT: "a virtual file system such as /proc, not a real folder"}
+               errno.ENOENT: "missing, or a virtual file system such as /proc"}
     return reasons.get(exc.errno, exc.strerror or str(exc))
 
 

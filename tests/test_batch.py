@@ -97,7 +97,8 @@ def test_batch_survives_sigkill_and_resumes_without_loss_or_duplicates(photos, m
     keys = [(r["name"], r["strokes"]) for r in rows]
     assert len(keys) == len(set(keys)) == 5, keys  # 5 inputs x 1 level, each once
     assert rows[:len(first)] == first  # nothing recorded before the kill was redone
-    assert events[0]["event"] == "batch_start" and events[0]["skipped"] == len(first)
+    assert [e["event"] for e in events[:2]] == ["status", "batch_start"]   # the images read, then the plan
+    assert events[1]["skipped"] == len(first)
     bad = [r for r in rows if r["status"] == "error"]
     assert [(r["name"], r["error"]["code"]) for r in bad] == [("broken", "bad_image")]
     ok = [r for r in rows if r["status"] == "ok"]
@@ -136,8 +137,8 @@ def test_sketch_batch_and_ray_give_the_same_svgs(photos, models_dir, tmp_path):
     ray_cmd = [a.replace(str(local), str(clustered)) for a in no_threads] + ["--ray"]
     run = subprocess.run(ray_cmd, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
-    start = json.loads(run.stdout.splitlines()[0])
-    assert start["event"] == "batch_start" and start["device"] == "Ray, 2 CPU workers"
+    start = next(e for e in map(json.loads, run.stdout.splitlines()) if e["event"] == "batch_start")
+    assert start["device"] == "Ray, 2 CPU workers"
     for name in ("chelsea-16.svg", "coffee-16.svg"):
         assert (clustered / name).read_text() == (local / name).read_text()
     assert (alone / "chelsea-16.svg").read_text() == (local / "chelsea-16.svg").read_text()

@@ -193,7 +193,8 @@ def test_batch_says_what_it_will_do_and_how_long_before_the_models_load(tmp_path
     monkeypatch.setattr(sketcher, "prepare", prepare)
     code, events, _ = _batch([photos, "-o", tmp_path / "out", "--strokes", "4,8", "--device", "cpu"], capsys)
     assert code == 1   # one bad file
-    start = events[0]
+    assert events[0]["message"] == "Reading 3 images before loading the models"
+    start = events[1]
     assert start["event"] == batch.BATCH_START and start["device"] == "cpu" and start["pending"] == 4
     assert "2 images x 2 levels (4,8) = 4 sketches, fast preset" in start["message"]
     assert "1 unreadable file recorded as error" in start["message"] and "expected time" in start["message"]
@@ -240,7 +241,7 @@ def test_batch_refusals_create_nothing_and_name_a_command_that_runs(tmp_path, ca
     import torch
     if not torch.cuda.is_available():
         code, events, _ = _batch([photo, "-o", tmp_path / "out", "--device", "cuda"], capsys)
-        assert [e["event"] for e in events] == ["error"] and events[0]["code"] == "device_unavailable"
+        assert [e["event"] for e in events] == ["status", "error"] and events[-1]["code"] == "device_unavailable"
         assert not (tmp_path / "out").exists()
 
 
