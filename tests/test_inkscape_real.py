@@ -448,7 +448,11 @@ def test_progress_window_fits_a_small_screen(installed, scale):
     try:
         assert wait_for(lambda: x11_geometry(display, "-name", "CLIPasso Sketch"), timeout=120), \
             (work / "inkscape.log").read_text(errors="replace")
-        time.sleep(3.0)   # the drawings arrive with the engine's first events; then the window is final
+        # the drawings arrive with the engine's first events: wait for the window to grow, then settle
+        grown = wait_for(lambda: (x11_geometry(display, "-name", "CLIPasso Sketch") or (0, 0, 0, 0))[3] >= 250 * scale,
+                         timeout=90)
+        assert grown, x11_geometry(display, "-name", "CLIPasso Sketch")
+        time.sleep(1.0)
         x, y, width, height = x11_geometry(display, "-name", "CLIPasso Sketch")
         screen = x11_geometry(display, "-root")
         assert screen[2:] == (1024, 768)
