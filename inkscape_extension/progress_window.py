@@ -5,9 +5,10 @@ and its UI is frozen while the script runs, so this window is the only way to st
 One engine process serves one Apply (every image and stroke count); a GLib timeout drains its
 event queue ten times a second. The window is as large as its content and stays centred on the
 screen: the drawings (square) shrink, and go into more columns, until the whole window fits the
-monitor's work area (at any GDK_SCALE); past the smallest size the drawings scroll. Cancel, or closing the window, stops the engine (stdin, SIGTERM,
-SIGKILL: EngineProcess.stop); Keep current sketch sends the wire's finish command, after which the
-engine returns normal results holding its best strokes so far.
+monitor's work area (at any GDK_SCALE); past the smallest size the drawings scroll. Cancel, or
+closing the window, stops the engine (stdin, SIGTERM, SIGKILL: EngineProcess.stop); Keep current
+sketch sends the wire's finish command, after which the engine returns normal results holding its
+best strokes so far.
 """
 
 import os

@@ -2,9 +2,11 @@
 profile, Inkscape runs the effect on an image under nested transforms, the real engine (generated
 weights, a couple of iterations) draws, and the output SVG gets a layer of strokes lying on the image.
 One more runs with no weights at all, scripted as a user would: it must end, with the error sentence
-on Inkscape's stderr. Two more runs are stopped mid-way (SIGTERM to the extension; SIGKILL to all of Inkscape): no engine
-process may survive, and the document stays as it was. One more is told to keep its current sketch
-mid-run (the wire's finish command): its strokes become the layer.
+on Inkscape's stderr. Two more runs are stopped mid-way (SIGTERM to the extension; SIGKILL to all of
+Inkscape): no engine process may survive, and the document stays as it was. One more is told to keep
+its current sketch mid-run (the wire's finish command): its strokes become the layer. Inkscape with
+its own window open shows the progress window on a 1024 x 768 screen, which it must fit, and with
+the extension installed Inkscape warns about nothing of ours.
 
 Nothing here touches the real Inkscape profile (INKSCAPE_PROFILE_DIR) or the developer's venv (the
 engine goes into a throwaway venv that borrows this interpreter's torch, see _install_helpers).
@@ -422,10 +424,11 @@ def x11_geometry(display, *target):
                     reason="needs Xvfb and xwininfo (apt: xvfb x11-utils)")
 @pytest.mark.parametrize("scale", [1, 2])
 def test_progress_window_fits_a_small_screen(installed, scale):
-    """Issue 16 item 4, in real Inkscape with its own window open (an interactive run, the effect
-    started by --actions without --batch-process) on a 1024 x 768 screen, at GDK_SCALE 1 and 2:
-    (--with-gui: without it, --actions alone runs headless), the progress window for one image at three stroke counts, measured by the X server once its
-    drawings are in, lies wholly on the screen (it was 880 x 742 at y 212 at 2x). The engine is the
+    """Issue 16 item 4, in real Inkscape with its own window open (an interactive run: the effect
+    started by --actions with --with-gui and without --batch-process; --actions alone runs
+    headless) on a 1024 x 768 screen, at GDK_SCALE 1 and 2: the progress window for one image at
+    three stroke counts, measured by the X server once its drawings are in, lies wholly on the
+    screen (the old window: 440 x 737 at y 298 at 1x, 880 x 1474 at y 212 at 2x). The engine is the
     tests' double, drawing until told to stop."""
     work = installed["root"] / f"window-{scale}"
     work.mkdir()
