@@ -276,7 +276,7 @@ class Layout:
 
 def init_points(vit, targets: list, layout: Layout, config: Config, device, control: Control) -> tuple[list, list]:
     """Per level, (images * seeds, strokes, 4, 2) start strokes on `device`; and per image the start
-    distribution they were drawn from (kept for re-seeding collapsed strokes).
+    distribution to re-seed collapsed strokes from (reseed_distribution).
 
     Every (image, level, seed) samples from its image's distribution with its own generator
     default_rng(seed): what the reference does for one image at one level, whatever else is batched.
@@ -287,10 +287,19 @@ def init_points(vit, targets: list, layout: Layout, config: Config, device, cont
         control.check_cancel()
         distribution = saliency.saliency_map(vit, image.target.to(device), config)[0]
         distributions.append(saliency.inside_photo(distribution, image.photo_box, config.frame_margin))
-    points = [torch.stack([saliency.init_strokes(dist, strokes, config, np.random.default_rng(seed))
+    points = [torch.stack([saliency.init_strokes(dist, count, config, np.random.default_rng(seed))
                            for dist in distributions for seed in config.seeds]).to(device)
-              for strokes in layout.levels]
-    return points, distributions
+              for count in layout.levels]
+    return points, [reseed_distribution(dist, image) for dist, image in zip(distributions, targets)]
+
+
+def reseed_distribution(distribution: np.ndarray, image) -> np.ndarray:
+    """Where a collapsed stroke starts again: the start distribution on the photo's edges (strokes.edge_map).
+    The ink mask also covers dark flat regions, and a stroke put there again tends to collapse again; on an
+    edge it has a line to draw. The plain start distribution where no edge is salient."""
+    box = image.photo_box or (0, 0, image.target.shape[-1], image.target.shape[-1])
+    on_edges = distribution * strokes.edge_map(image.target, box)
+    return on_edges / on_edges.sum() if on_edges.sum() > 0 else distribution
 
 
 # --- step 4: optimise ------------------------------------------------------------------------------
@@ -329,9 +338,9 @@ def reseed_collapsed(points: list, optimizer, distributions: list, layout: Layou
     start again where the drawing still misses the picture, as vector-graphics optimisers re-initialise
     dead paths. Returns how many were re-seeded.
 
-    The new start is drawn from the image's start distribution, away from where the sketch's other
-    strokes already lie, with the generator default_rng((seed, iteration, strokes)): deterministic, and
-    the same batched or alone. The stroke's Adam moments restart: no momentum, and the second moment of
+    The new start is drawn from the image's re-seeding distribution (its salient edges), away from where
+    the sketch's other strokes already lie, with the generator default_rng((seed, iteration, strokes)):
+    deterministic, and the same batched or alone. The stroke's Adam moments restart: no momentum, and the second moment of
     its sketch's other strokes (so its first steps are the size the others take now, not Adam's
     uncorrected early steps). A re-seeded sketch's best iterate starts anew at this iteration, so that
     the drawing returned is one without the dot."""
@@ -343,17 +352,17 @@ def reseed_collapsed(points: list, optimizer, distributions: list, layout: Layou
         state = optimizer.state.get(p, {})
         for row in rows:
             image, seed_index = divmod(row, layout.num_seeds)
-            alive, gone = (~dead[row]).nonzero().flatten(), dead[row].nonzero().flatten()
-            with torch.no_grad():
-                drawn = raster.render_strokes(p.detach()[row:row + 1, alive.to(p.device)], config.stroke_half_width,
-                                              config.canvas_size, backend)
+            alive, gone = (~dead[row]).nonzero().flatten().to(p.device), dead[row].nonzero().flatten().to(p.device)
+            with torch.no_grad():   # within 4 px of the sketch's other strokes
+                drawn = raster.render_strokes(p.detach()[row:row + 1, alive], config.stroke_half_width,
+                                              config.canvas_size, backend) if len(alive) else torch.ones(1, 1, 1, 1)
                 near = torch.nn.functional.max_pool2d(1 - drawn[:, :1], 9, stride=1, padding=4)[0, 0]
             missing = distributions[image] * (1 - near.clamp(0, 1).cpu().numpy().astype(np.float64))
             where = missing if missing.sum() > 0 else distributions[image]
             rng = np.random.default_rng((config.seeds[seed_index], iteration, layout.levels[level]))
             fresh = saliency.init_strokes(where / where.sum(), len(gone), config, rng).to(p)
             with torch.no_grad():
-                p[row, gone.to(p.device)] = fresh
+                p[row, gone] = fresh
                 if "exp_avg" in state:
                     state["exp_avg"][row, gone] = 0
                     typical = state["exp_avg_sq"][row, alive].mean(dim=0) if len(alive) else 0
