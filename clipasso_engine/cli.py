@@ -516,7 +516,8 @@ def run_sketch(args, report: Reporter) -> int:
                 stroke_width=result.stroke_width, seed=result.seed, loss=result.loss,
                 points=result.points.round(4).tolist(), importance=list(result.importance),
                 iteration=result.iterations,
-                finished_early=result.finished_early, timings=result.timings)
+                finished_early=result.finished_early, timings=result.timings,
+                reseeded=result.reseeded, short_strokes=result.short_strokes, frame_strokes=result.frame_strokes)
             if image_outputs:
                 with cannot_write(image_outputs[job["job"]], "--image-svg"):
                     result.save(image_outputs[job["job"]], space="image")

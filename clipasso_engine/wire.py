@@ -20,7 +20,9 @@ Events, engine -> caller (fields beyond "event"):
             with the map to the image's pixels; at evaluations, at most ~2 per second)
   result    job, image, name, strokes, svg, canvas, image_size, canvas_to_image, stroke_width,
             seed, loss, points (N x 4 x 2, canvas px, most important first), importance,
-            iteration (steps done), finished_early, timings
+            iteration (steps done), finished_early, timings,
+            reseeded (collapsed strokes started again during the run), short_strokes (strokes under 5 canvas
+            px in the result), frame_strokes (strokes along the photo's boundary with its padding)
             (one per job, all emitted after the optimisation ends; image_size and canvas_to_image
              refer to the whole input file even when --crop sent only part of it)
   done      results, finished_early      (the last event of a successful run; exit status 0)
