@@ -579,7 +579,7 @@ class TestInx(InxMixin, TestCase):
 
     def test_inx_gives_one_time_per_preset(self):
         """Issue 8 item 8: the option's label, the description and the Help tab agree, with the
-        README's measured Presets table (fast 0.9 min, balanced ~14 min, paper ~89 min = ~1.5 h)."""
+        README's measured Presets table (fast ~1.5 min, balanced ~9 min, paper ~89 min = ~1.5 h)."""
         import re
         from lxml import etree
         ns = {"i": "http://www.inkscape.org/namespace/inkscape/extension"}
@@ -587,7 +587,7 @@ class TestInx(InxMixin, TestCase):
         preset = inx.find(".//i:param[@name='preset']", ns)
         self.assertIsNone(re.search(r"minute|hour", preset.get("gui-description")), "times live in the labels")
         help_text = "".join(inx.find(".//i:page[@name='help']", ns).itertext())
-        expected = {"fast": "1 minute", "balanced": "14 minutes", "paper": "1.5 hours"}
+        expected = {"fast": "1.5 minutes", "balanced": "9 minutes", "paper": "1.5 hours"}
         for option in preset.findall("i:option", ns):
             label = option.text
             self.assertEqual(re.findall(r"about ([\d.]+ \w+)", label), [expected[option.get("value")]], label)
@@ -596,8 +596,8 @@ class TestInx(InxMixin, TestCase):
             self.assertEqual(sentence.group(1), expected[option.get("value")], name)
         with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
             readme = handle.read()
-        self.assertIn("**0.9 min**", readme)
-        self.assertIn("~14 min", readme)
+        self.assertIn("**~1.5 min**", readme)
+        self.assertIn("~9 min", readme)
         self.assertIn("~89 min", readme)
 
 
