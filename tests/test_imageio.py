@@ -20,7 +20,7 @@ from clipasso_engine.imageio import (apply_mask, canvas_to_image_points, invert_
 
 torch.set_num_threads(2)
 S = 224
-CONFIG = make_config("fast")
+CONFIG = make_config("fast", soft_padding=0.0)   # white padding: the geometry below is checked on it
 FIX_SCALE = CONFIG.replace(fix_scale=True)
 STRETCH = CONFIG.replace(pad_to_square=False)
 
