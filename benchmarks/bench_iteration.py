@@ -28,7 +28,8 @@ CASES = {   # chunk: images per CLIP forward+backward (the engine's CPU default 
     "ours, pool, 1 seed, all 5 views at once": dict(mode="ours", seeds=1, augs=4, pool=32, chunk=0),
     "ours, pool, 3 seeds (a view at a time)": dict(mode="ours", seeds=3, augs=4, pool=32),
     "ours, pool, 3 seeds, all 15 images at once": dict(mode="ours", seeds=3, augs=4, pool=32, chunk=0),
-    "ours, fast preset (2 augs, pool), 1 seed": dict(mode="ours", seeds=1, augs=2, pool=32),
+    "ours, balanced preset (2 augs, pool), 1 seed": dict(mode="ours", seeds=1, augs=2, pool=32),
+    "ours, fast preset (1 aug, pool), 1 seed": dict(mode="ours", seeds=1, augs=1, pool=32),
 }
 
 

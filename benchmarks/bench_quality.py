@@ -201,8 +201,8 @@ def main() -> None:
                   f"edges {r['edges'] * 100:3.0f}% (start {r['edges_start'] * 100:3.0f}%, random {r['edges_random'] * 100:3.0f}%)  "
                   f"dots {r['dots']:2d}  frame {r['frame']} (start {r['start_frame']})  reseeded {r['reseeded']:3d}  "
                   f"{r['wall_s']:5.0f} s", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(records))
+            if args.json:   # after every run: a long bench interrupted keeps what it measured
+                Path(args.json).write_text(json.dumps(records))
     report(records, cases, args)
 
 
