@@ -1,6 +1,6 @@
 """Every knob of the engine, with the reference's default and a one-line reason.
 
-Defaults are CLIPasso's released code (see ALGORITHM.md). Deliberate deviations are collected in
+Defaults are CLIPasso's released code (see docs/ALGORITHM.md). Deliberate deviations are collected in
 DEVIATIONS below and repeated in the README; everything else is the reference, number for number.
 """
 
@@ -41,7 +41,7 @@ DEVIATIONS = [
     ("frame_margin", "start strokes are sampled only inside the photo, 6 px away from its boundary with the "
                      "padding (the reference samples the whole canvas; with padding its frame is an edge)"),
     ("min_stroke_length", "fast and balanced: a stroke that collapses below 5 px (a dot) is re-seeded where the "
-                          "drawing still misses the picture, during the first 70 % of the run (0 = never, paper)"),
+                          "drawing still misses the picture, during the first 85 % of the run (0 = never, paper)"),
     ("rasterizer", "a pure-PyTorch analytic-coverage rasterizer instead of diffvg's 2x2 stratified samples "
                    "(closer to diffvg's own 16x16 render and gradient than diffvg at 2x2); diffvg is used when "
                    "pydiffvg imports and backend='diffvg' or 'auto'"),
@@ -90,7 +90,7 @@ class Config:
     min_stroke_length: float = 0.0   # fast/balanced 5 (DEVIATION): a stroke shorter than this (canvas px) has
                                      #   collapsed to a dot: re-seed it where the drawing misses the picture
                                      #   (0 = never, the reference)
-    reseed_until: float = 0.7        # re-seed only in the first 70 % of the iterations, so the last ones settle
+    reseed_until: float = 0.85       # re-seed only in the first 85 % of the iterations, so the last ones settle
 
     # --- loss -----------------------------------------------------------------------------------
     num_augs: int = 4                # joint augmentations per iteration, plus the clean view

@@ -33,7 +33,7 @@ def runtime(standin):
 @pytest.fixture(scope="module")
 def horse():
     from skimage import data
-    return np.where(data.horse()[..., None], 0, 255).repeat(3, axis=2).astype(np.uint8)   # 400 x 328, padded
+    return np.where(data.horse()[..., None], 255, 0).repeat(3, axis=2).astype(np.uint8)   # black on white, padded
 
 
 @pytest.fixture(scope="module")
