@@ -25,6 +25,7 @@ class FakeSketch:
         self.stroke_width, self.seed, self.loss, self.importance = 3.0, 0, 0.5, [1.0] * strokes
         self.iterations, self.finished_early, self.name = (3 if finished_early else 10), finished_early, name
         self.timings, self.device = {"total": 1.0}, "cpu"
+        self.reseeded, self.short_strokes, self.frame_strokes = 0, 0, 0
 
     def save(self, path, space="canvas"):
         Path(path).write_text(f"<svg {space}/>")
