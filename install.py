@@ -212,7 +212,7 @@ def choose_torch(request: str, system: str, nvidia: Nvidia | None, existing: dic
 
     build = existing.get("torchvision_build") or ""
     if have and request == "auto" and (build == "cpu" and have_cuda or build.startswith("cu") and not have_cuda):
-        # e.g. a CPU torch with PyPI's CUDA torchvision: `import torchvision` fails (STACK.md)
+        # e.g. a CPU torch with PyPI's CUDA torchvision: `import torchvision` fails (docs/STACK.md)
         request = "cuda" if have_cuda else "cpu"
         mismatch = f"torchvision {existing.get('torchvision')} ({build}) does not match {have_text}"
         plan = choose_torch(request, system, nvidia, {})

@@ -9,7 +9,7 @@ Two tables, each measured in one process, median of --repeats after a warm-up, s
           level alone. Wall time includes saliency and the importance ordering; "per iteration" is the
           optimisation loop alone, the part that grows with the preset's iterations.
   images  K = 1, 2, 4 images per batch (clipasso batch --batch-images K): sketches per minute.
-Run it alone: a second busy process makes CPU timings 4-19x slower (STACK.md).
+Run it alone: a second busy process makes CPU timings 4-19x slower (docs/STACK.md).
 """
 
 import argparse

@@ -33,7 +33,7 @@ def resnet_features(visual, x: torch.Tensor, need_embedding: bool = True):
 
     Written out (open_clip's `stem`, `layer1..4`, `attnpool`) rather than hooked, so that nothing past
     layer3 runs when the embedding is not needed. open_clip 3.3's forward_intermediates has its
-    stop_early flag inverted (STACK.md), which is why it is not used.
+    stop_early flag inverted (docs/STACK.md), which is why it is not used.
     """
     x = visual.stem(x.to(visual.conv1.weight.dtype))
     x = visual.layer1(x)
@@ -67,7 +67,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The reduced precision CLIP runs in, or None for fp32.
 
     auto: fp16 on CUDA (what the reference runs), bf16 on CUDA only when asked; fp32 on the CPU,
-    where bf16 is 3-6x slower here (STACK.md) and fp16 is not supported by autocast at all."""
+    where bf16 is 3-6x slower here (docs/STACK.md) and fp16 is not supported by autocast at all."""
     if device.type != "cuda" or precision == "fp32":
         return None
     if precision == "bf16":

@@ -1,6 +1,6 @@
 """Any raster image -> CLIPasso's target (1x3xSxS in [0, 1], RGB on white) and the exact map back.
 
-The steps, in order (ALGORITHM.md, "Preprocessing"):
+The steps, in order (docs/ALGORITHM.md, "Preprocessing"):
   1. open: a path, bytes, a PIL image or a numpy array; the first frame of an animation; upright
      according to its EXIF orientation. Every way a file can be bad becomes EngineError("bad_image",
      "<file name>: <what is wrong>"), never a traceback.

@@ -5,7 +5,7 @@
     M = saliency x ink ─▶ softmax(M / 0.3) over M > 0 ─▶ N start pixels without replacement
     ─▶ each stroke: start point + a 3-step random walk of +-5.6 px per axis = 4 control points
 
-Every number is the reference's (ALGORITHM.md, "Stroke initialisation"). The few places where the
+Every number is the reference's (docs/ALGORITHM.md, "Stroke initialisation"). The few places where the
 reference would crash or divide by zero (blank images, fewer ink pixels than strokes) have a documented
 fallback instead; they never change the result of an image on which the reference works.
 """

@@ -145,7 +145,7 @@ def test_choose_torch(request_, system, gpu, existing, action, pip_args):
 
 
 def test_a_torchvision_of_another_build_than_torch_is_replaced_with_a_matching_pair():
-    # STACK.md: a CPU torch with PyPI's CUDA torchvision cannot `import torchvision`
+    # docs/STACK.md: a CPU torch with PyPI's CUDA torchvision cannot `import torchvision`
     plan = inst.choose_torch("auto", "Linux", None, {"torch": "2.13.0+cpu", "torch_cuda": None,
                                                      "torchvision": "0.28.0", "torchvision_build": "cu128"})
     assert (plan.action, plan.pip_args) == ("replace", CPU_ARGS) and "does not match" in plan.reason
