@@ -92,7 +92,6 @@ def run_case(image, name: str, case: str, runtime, threads: int, **extra) -> dic
     edges = strokes.edge_map(loaded.target, loaded.photo_box)
     start = previews[0]
     rng = np.random.default_rng(0)
-    lengths = strokes.stroke_lengths(result.points)
     return dict(
         photo=name, case=case, preset=preset, strokes=count, iterations=result.iterations, seed=result.seed,
         wall_s=wall, rn101_cpu_s=cli.estimated_seconds(config), start_loss=start_loss, loss=result.loss,
@@ -102,7 +101,7 @@ def run_case(image, name: str, case: str, runtime, threads: int, **extra) -> dic
         edges=strokes.edge_alignment(result.points, edges), edges_start=strokes.edge_alignment(start, edges),
         edges_random=float(np.mean([strokes.edge_alignment(random_strokes(loaded, count, config, rng), edges)
                                     for _ in range(5)])),
-        dots=int((lengths < 5.0).sum()), frame=int(strokes.on_frame(result.points, loaded.photo_box, 224).sum()),
+        dots=result.short_strokes, frame=result.frame_strokes,   # the engine's own counts
         start_frame=int(strokes.on_frame(start, loaded.photo_box, 224).sum()),
         reseeded=result.reseeded, points=result.points.tolist(),
         snapshots={k: previews[k].tolist() for k in SNAPSHOTS if k in previews},

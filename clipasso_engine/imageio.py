@@ -73,6 +73,12 @@ class LoadedImage:
     photo_box: tuple[float, ...] | None = None  # (left, top, right, bottom) canvas px the photo covers (the
                                                 # rest is padding); None = the whole canvas
 
+    @property
+    def photo_region(self) -> tuple[float, ...]:
+        """photo_box, or the whole canvas when none is known."""
+        size = self.target.shape[-1]
+        return self.photo_box or (0.0, 0.0, float(size), float(size))
+
 
 def load_image(source, config, name: str | None = None, crop=None) -> LoadedImage:
     """Read `source` (path, bytes, PIL image, numpy HxW[xC] array) into CLIPasso's target.
@@ -102,7 +108,7 @@ def load_image(source, config, name: str | None = None, crop=None) -> LoadedImag
     target = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
     a, _, _, d, e, f = matrix
     box = ((left - e) / a, (top - f) / d, (left + rgb.width - e) / a, (top + rgb.height - f) / d)
-    if config.pad_to_square and not config.fix_scale and getattr(config, "soft_padding", 0):
+    if config.pad_to_square and not config.fix_scale and config.soft_padding:
         target = soften_padding(target, box, config.soft_padding)
     return LoadedImage(target=target, image_size=whole_size, canvas_to_image=matrix, name=name, photo_box=box)
 

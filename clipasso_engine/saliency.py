@@ -21,6 +21,7 @@ from scipy.ndimage import gaussian_filter
 
 from .config import Config
 from .clip import clip_normalize
+from .strokes import padded_sides
 
 GREY_WEIGHTS = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, as the reference uses
 OTSU_BINS = 256                          # skimage.filters.threshold_otsu's default
@@ -172,7 +173,7 @@ def inside_photo(distribution: np.ndarray, photo_box, margin: float) -> np.ndarr
         return distribution
     size = distribution.shape[-1]
     left, top, right, bottom = photo_box
-    inset = [margin if abs(v - e) > 0.5 else 0.0 for v, e in ((left, 0), (top, 0), (right, size), (bottom, size))]
+    inset = [margin if padded else 0.0 for padded in padded_sides(photo_box, size)]
     centres = np.arange(size) + 0.5
     cols = (centres >= left + inset[0]) & (centres <= right - inset[2])
     rows = (centres >= top + inset[1]) & (centres <= bottom - inset[3])

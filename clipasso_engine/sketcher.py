@@ -297,8 +297,7 @@ def reseed_distribution(distribution: np.ndarray, image) -> np.ndarray:
     """Where a collapsed stroke starts again: the start distribution on the photo's edges (strokes.edge_map).
     The ink mask also covers dark flat regions, and a stroke put there again tends to collapse again; on an
     edge it has a line to draw. The plain start distribution where no edge is salient."""
-    box = image.photo_box or (0, 0, image.target.shape[-1], image.target.shape[-1])
-    on_edges = distribution * strokes.edge_map(image.target, box)
+    on_edges = distribution * strokes.edge_map(image.target, image.photo_region)
     return on_edges / on_edges.sum() if on_edges.sum() > 0 else distribution
 
 
@@ -340,8 +339,8 @@ def reseed_collapsed(points: list, optimizer, distributions: list, layout: Layou
 
     The new start is drawn from the image's re-seeding distribution (its salient edges), away from where
     the sketch's other strokes already lie, with the generator default_rng((seed, iteration, strokes)):
-    deterministic, and the same batched or alone. The stroke's Adam moments restart: no momentum, and the second moment of
-    its sketch's other strokes (so its first steps are the size the others take now, not Adam's
+    deterministic, and the same batched or alone. The stroke's Adam moments restart: no momentum, and the
+    second moment of its sketch's other strokes (so its first steps are the size the others take now, not Adam's
     uncorrected early steps). A re-seeded sketch's best iterate starts anew at this iteration, so that
     the drawing returned is one without the dot."""
     reseeded = 0
@@ -427,7 +426,7 @@ class Optimised:
 
 
 def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime,
-             control: Control, distributions: list | None = None) -> Optimised:
+             control: Control, distributions: list) -> Optimised:
     """Adam on every sketch at once until the last iteration, early stop of every row, or finish."""
     device, total = runtime.device, config.num_iterations
     target_index = layout.target_index(device)
@@ -454,7 +453,7 @@ def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
             finished_early = True
             break
         if (iteration % config.eval_every == 0 and 0 < iteration < config.reseed_until * total
-                and config.min_stroke_length > 0 and distributions is not None):
+                and config.min_stroke_length > 0):
             reseeds += reseed_collapsed(points, optimizer, distributions, layout, config, iteration, tracker,
                                         runtime.backend)
         sketches = render_all(points, config, runtime.backend)
@@ -553,8 +552,8 @@ def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
             finished_early=run.finished_early,
             reseeded=run.reseeded,
             short_strokes=int((strokes.stroke_lengths(chosen) < DOT_LENGTH).sum()),
-            frame_strokes=int(strokes.on_frame(chosen.cpu().numpy(), loaded[image].photo_box or
-                                               (0, 0, config.canvas_size, config.canvas_size), config.canvas_size).sum()),
+            frame_strokes=int(strokes.on_frame(chosen.cpu().numpy(), loaded[image].photo_region,
+                                               config.canvas_size).sum()),
         )
     return results
 

@@ -39,15 +39,19 @@ def stroke_lengths(points):
     return np.linalg.norm(steps, axis=-1).sum(axis=-1)
 
 
+def padded_sides(photo_box, canvas_size: int) -> tuple[bool, bool, bool, bool]:
+    """(left, top, right, bottom): whether padding lies beyond that side of the photo (the one place this
+    is decided, for the frame test, the edge map and the start strokes' margin)."""
+    edges = (0, 0, canvas_size, canvas_size)
+    return tuple(abs(position - edge) > 0.5 for position, edge in zip(photo_box, edges))
+
+
 def frame_lines(photo_box, canvas_size: int) -> list:
     """The boundaries between the photo and the padding, as (axis, position): axis 0 = a vertical line at
     x = position, 1 = a horizontal line at y = position. Empty when the photo fills the canvas."""
-    left, top, right, bottom = photo_box
-    lines = []
-    for axis, position, edge in ((0, left, 0), (0, right, canvas_size), (1, top, 0), (1, bottom, canvas_size)):
-        if abs(position - edge) > 0.5:    # padding on that side
-            lines.append((axis, float(position)))
-    return lines
+    axes = (0, 1, 0, 1)   # left and right are vertical lines, top and bottom horizontal
+    return [(axis, float(position)) for axis, position, padded
+            in zip(axes, photo_box, padded_sides(photo_box, canvas_size)) if padded]
 
 
 def on_frame(points, photo_box, canvas_size: int, distance: float = 3.0, share: float = 0.5) -> np.ndarray:
@@ -69,8 +73,7 @@ def edge_map(target: torch.Tensor, photo_box, sigma: float = 1.0, top_share: flo
     magnitude = gaussian_gradient_magnitude(grey, sigma)
     inside = np.zeros_like(magnitude, dtype=bool)
     left, top, right, bottom = photo_box
-    size = grey.shape[-1]
-    pad = [0 if abs(v - e) <= 0.5 else 3 for v, e in ((left, 0), (top, 0), (right, size), (bottom, size))]
+    pad = [3 if padded else 0 for padded in padded_sides(photo_box, grey.shape[-1])]
     inside[int(np.ceil(top)) + pad[1]:int(np.floor(bottom)) - pad[3],
            int(np.ceil(left)) + pad[0]:int(np.floor(right)) - pad[2]] = True
     threshold = np.quantile(magnitude[inside], 1 - top_share)
