@@ -10,6 +10,10 @@ process (`<engine python> -m clipasso_engine sketch ... --progress jsonl`, its o
    (Cancel; Keep current sketch returns the best strokes so far),
 4. inserts one layer per result (image x stroke count), directly above the image's layer, with the strokes mapped exactly
    onto the image (placement.py), in plain document coordinates.
+Paths selected with the image (issue 14 item 3, "Selected paths"): the engine starts from them
+(start: all strokes refined, in a new layer), or keeps them and adds strokes (keep: the new layer
+holds only the added ones), or they are ignored. They go to the engine as a 224 x 224 SVG
+(--start-from), each mapped onto its canvas by the exact inverse of the map that places results.
 Any failure becomes one sentence (inkex.AbortExtension) and the document is left untouched.
 """
 
@@ -43,6 +47,8 @@ from engine_run import wire  # noqa: E402  (clipasso_wire when installed, else t
 CONFIG_NAME = "clipasso_engine.json"
 LOG_NAME = "clipasso-sketch.log"
 PRESETS = ("fast", "balanced", "paper")
+SELECTED_PATHS = ("start", "keep", "ignore")  # the .inx's "Selected paths" option
+START_NAME = "start-strokes-{}.svg"          # the hand-off to --start-from, one per image, in the workdir
 DEVICES = {"auto": "auto", "cpu": "cpu", "gpu": "mps" if sys.platform == "darwin" else "cuda"}
 MIME_SUFFIX = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/gif": ".gif",
                "image/webp": ".webp", "image/bmp": ".bmp", "image/tiff": ".tif"}
@@ -70,14 +76,16 @@ def abort(message):
     raise inkex.AbortExtension(message)
 
 
-def parse_levels(text):
-    """'8, 16 32' -> [8, 16, 32] (order kept, duplicates dropped)."""
+def parse_levels(text, minimum=1):
+    """'8, 16 32' -> [8, 16, 32] (order kept, duplicates dropped). minimum 0: only when the engine
+    starts from selected paths (0 added strokes = only refine them)."""
     levels = []
     for word in re.split(r"[,;\s]+", str(text).strip()):
         if not word:
             continue
-        if not word.isdigit() or not 1 <= int(word) <= 1024:
-            abort(f"Number of strokes must be whole numbers from 1 to 1024, like 16 or 8, 16, 32 (got {text!r}).")
+        if not word.isdigit() or not minimum <= int(word) <= 1024:
+            abort(f"Number of strokes must be whole numbers from {minimum} to 1024, like 16 or 8, 16, 32 "
+                  f"(got {text!r}).")
         if int(word) not in levels:
             levels.append(int(word))
     if not levels:
@@ -216,10 +224,24 @@ def exact_shape_box(shape, kind, matrix):
     return None
 
 
+def xml_attribute(text):
+    """text as a quoted XML attribute value."""
+    from xml.sax.saxutils import quoteattr
+    return quoteattr(str(text))
+
+
+def absolute_path_data(path):
+    """An absolute inkex.Path as path data at full precision (str(Path) keeps 6 digits), every command
+    as it is (arcs, quadratics, shorthands: the engine's reader handles them)."""
+    return " ".join(" ".join([segment.letter, *(repr(float(v)) for v in segment.args)]) for segment in path)
+
+
 class ClipassoSketch(inkex.EffectExtension):
     def add_arguments(self, pars):
         pars.add_argument("--tab", default="options")
         pars.add_argument("--strokes", default="16", help="number of strokes, or several: 8, 16, 32")
+        pars.add_argument("--selected_paths", default="start", choices=SELECTED_PATHS,
+                          help="what selected paths are for: start from them, keep them, ignore them")
         pars.add_argument("--preset", default="fast", choices=PRESETS)
         pars.add_argument("--seeds", type=int, default=0, help="0 = the preset's default")
         pars.add_argument("--mask_background", type=inkex.Boolean, default=False)
@@ -259,6 +281,85 @@ class ClipassoSketch(inkex.EffectExtension):
         if not images:
             abort("The selection holds no raster image: select an image and run CLIPasso Sketch again.")
         return images
+
+    # --- 1b. the selected paths (Selected paths: start from them / keep them) --------------------
+    def selected_paths(self, images):
+        """Every place a selected <path> is drawn (document_tree.Instance, chain[0] the path): the
+        selected paths, the paths in selected groups and layers (recursively) and those a selected
+        clone shows; each once, in selection order. Other objects (text, rectangles, ellipses ...)
+        are not paths and are left out; so are paths with no data. Empty unless the option asks for
+        them. Several images with paths: refused, as which image a path belongs to is a guess."""
+        if self.options.selected_paths == "ignore":
+            return []
+        found = []
+        for element in self.svg.selection.values():
+            for instance in document_tree.paths_shown_by(element):
+                if instance not in found and (instance.element.attrib.get("d") or "").strip():
+                    found.append(instance)
+        if found and len(images) > 1:
+            abort(f"The selection holds {len(images)} images and {len(found)} paths: with paths selected, "
+                  f"select one image at a time (or set Selected paths to Ignore to sketch every image afresh).")
+        return found
+
+    @staticmethod
+    def path_name(instance):
+        """What the designer calls a path: its label or id (or the clone's that shows it)."""
+        for node in (instance.element, *instance.clones):
+            name = node.get(f"{{{INKSCAPE_NS}}}label") or node.get("id")
+            if name:
+                return name
+        return "a path without an id"
+
+    def start_file(self, instance, source, crop, paths, workdir, index):
+        """The 224 x 224 SVG the engine starts from (--start-from): one <path> per selected path, its
+        own data made absolute (arcs and quadratics as they are), its transform the document ->
+        canvas map composed with the path's own composed transform: the exact inverse of the map
+        insert_layer places results with. A path lying wholly outside the part of the image that
+        shows is refused, naming it; one partly outside is sent whole (the engine sees only what
+        lies on its canvas)."""
+        image = instance.image
+        name = self.display_name(instance, index)
+        size = raster_size.upright_pixel_size(source)
+        if size is None:
+            abort(f"The selected paths cannot be placed on {name!r}: its pixel size cannot be read from the "
+                  f"picture (PNG, JPEG, GIF, BMP and WebP can be): convert the image, or set Selected paths "
+                  f"to Ignore.")
+        canvas_to_image = placement.engine_canvas_to_image(size, crop)
+        attributes = {key: image.get(key) for key in ("x", "y", "width", "height")}
+        try:
+            frames = instance.frames(parse_transform)
+            rect = placement.image_rect(attributes, size, frames[1].size)
+            pixels_to_user = placement.image_placement(*rect, size, image.get("preserveAspectRatio"))
+            document_to_canvas = placement.invert(placement.compose(frames[0].outer, pixels_to_user,
+                                                                    canvas_to_image))
+        except (ValueError, ZeroDivisionError):
+            abort(f"The selected paths cannot be placed on {name!r}: the image, or a group holding it, is "
+                  f"scaled to zero. Fix its transform (Object > Transform) and try again.")
+        region = placement.mapped_box(placement.invert(canvas_to_image), crop or (0, 0, size[0], size[1]))
+        lines = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{placement.ENGINE_CANVAS}" '
+                 f'height="{placement.ENGINE_CANVAS}" viewBox="0 0 {placement.ENGINE_CANVAS} '
+                 f'{placement.ENGINE_CANVAS}">']
+        for path in paths:
+            try:
+                matrix = placement.compose(document_to_canvas, path.frames(parse_transform)[0].outer)
+                data = inkex.Path(path.element.attrib.get("d")).to_absolute()
+                box = placement.superpath_box(matrix, inkex.Path(data).to_superpath())
+            except (ValueError, ZeroDivisionError, TypeError, IndexError):
+                abort(f"The selected path {self.path_name(path)!r} cannot be read (its path data or a "
+                      f"transform on the way is broken): deselect it or fix it, and try again.")
+            if box is None or not placement.boxes_touch(box, region):
+                abort(f"The selected path {self.path_name(path)!r} lies wholly outside the part of the image "
+                      f"{name!r} that shows, so CLIPasso cannot draw with it: deselect it, or move it onto "
+                      f"the image, and try again.")
+            ident = (path.clones[0] if path.clones else path.element).get("id")  # what shows it: unique
+            lines.append("  <path" + (f" id={xml_attribute(ident)}" if ident else "")
+                         + f' d="{absolute_path_data(data)}" transform="matrix('
+                         + ",".join(repr(float(v)) for v in matrix) + ')"/>')
+        lines.append("</svg>")
+        target = os.path.join(workdir, START_NAME.format(index))
+        with open(target, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return target
 
     def image_file(self, image, workdir, index):
         """A local file holding the image's pixels: a decoded data: URI or the linked file."""
@@ -411,8 +512,9 @@ class ClipassoSketch(inkex.EffectExtension):
         return None
 
     # --- 2 + 3. running the engine ------------------------------------------------------------
-    def engine_command(self, python, models_dir, sources, names, levels, workdir, crops=()):
-        """One engine process for the whole Apply: every image, every stroke count (one model load)."""
+    def engine_command(self, python, models_dir, sources, names, levels, workdir, crops=(), starts=()):
+        """One engine process for the whole Apply: every image, every stroke count (one model load).
+        starts: per image the start strokes' file (--start-from) or None."""
         jobs = len(sources) * len(levels)
         out = os.path.join(workdir, "sketch.svg" if jobs == 1 else "sketches")  # the CLI's -o rule
         command = [python, "-m", "clipasso_engine", "sketch", *sources, "-o", out,
@@ -422,6 +524,11 @@ class ClipassoSketch(inkex.EffectExtension):
         if any(crops):  # one per image, in image order; '-' is the whole picture
             for crop in crops:
                 command += ["--crop", ",".join(str(v) for v in crop) if crop else "-"]
+        if any(starts):  # one per image, in image order; '-' is none
+            for start in starts:
+                command += ["--start-from", start or "-"]
+            if self.options.selected_paths == "keep":
+                command += ["--keep-start"]
         command += ["--preset", self.options.preset, "--device", DEVICES[self.options.device],
                     "--progress", "jsonl"]
         if self.options.seeds > 0:
@@ -518,10 +625,13 @@ class ClipassoSketch(inkex.EffectExtension):
         if opacity < 1.0:
             style += f";stroke-opacity:{placement.fmt(opacity, 3)}"
 
-        strokes = result["points"]
+        # the strokes the engine kept as they were (Keep them and add strokes) are in the document already
+        kept = {int(k) for k in result.get("kept") or ()}
+        strokes = [points for k, points in enumerate(result["points"]) if k not in kept]
         image_id = re.sub(r"[^A-Za-z0-9_.-]", "_", self.instance_id(instance, index))
         tag = self.unique_tag(f"{image_id}-{len(strokes)}", taken)
-        layer = inkex.Layer.new(f"{self.options.layer_name} \u2014 {len(strokes)} strokes")
+        label = f"{len(strokes)} added strokes" if kept else f"{len(strokes)} strokes"
+        layer = inkex.Layer.new(f"{self.options.layer_name} \u2014 {label}")
         layer.set("id", f"clipasso-layer-{tag}")
         taken.add(layer.get("id"))
         for k, points in enumerate(strokes):
@@ -538,7 +648,8 @@ class ClipassoSketch(inkex.EffectExtension):
         layer.text = lead + "  "
         for path in layer:
             path.tail = lead + "  "
-        layer[-1].tail = lead
+        if len(layer):
+            layer[-1].tail = lead
         after = anchor.tail
         anchor.addnext(layer)  # (lxml may move tails around here: set them after)
         layer.tail, anchor.tail = after, lead
@@ -563,17 +674,25 @@ class ClipassoSketch(inkex.EffectExtension):
 
     def effect(self):
         images = self.selected_images()
-        levels = parse_levels(self.options.strokes)
+        paths = self.selected_paths(images)
+        mode = self.options.selected_paths if paths else None
+        levels = parse_levels(self.options.strokes, minimum=0 if paths else 1)
+        if mode == "keep" and 0 in levels:
+            abort("Keep them and add strokes needs at least 1 stroke to add: set Number of strokes to 1 or "
+                  "more (or choose Start from them to only refine the selected paths).")
         python, models_dir = find_engine()
         log_path = os.path.join(tempfile.gettempdir(), LOG_NAME)
         names = [self.display_name(image, index) for index, image in enumerate(images)]
         with tempfile.TemporaryDirectory(prefix="clipasso-") as workdir:
             sources = [self.image_file(image.image, workdir, index) for index, image in enumerate(images)]
             crops = [self.visible_crop(image, source) for image, source in zip(images, sources)]
-            command = self.engine_command(python, models_dir, sources, names, levels, workdir, crops)
+            starts = [self.start_file(images[0], sources[0], crops[0], paths, workdir, 0)] if paths else []
+            command = self.engine_command(python, models_dir, sources, names, levels, workdir, crops, starts)
             counts = ", ".join(str(n) for n in levels)
             title = (f"{names[0]}: {counts} strokes" if len(images) == 1
                      else f"{len(images)} images: {counts} strokes")
+            if paths:
+                title = f"{names[0]}: {len(paths)} selected paths + {counts} strokes"
             results = self.run_engine(title, command, log_path, sources)
         # Only now, with every run done, touch the document: a failure above leaves it as it was.
         taken = set(self.svg.xpath("//@id"))

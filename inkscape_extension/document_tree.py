@@ -84,6 +84,11 @@ class Instance:
         return self.chain[0]
 
     @property
+    def element(self):
+        """The element shown (the <image>, or the <path> of paths_shown_by)."""
+        return self.chain[0]
+
+    @property
     def clones(self):
         """The <use> elements on the way, outermost first (empty for the image itself)."""
         return [node for node in reversed(self.chain) if kind(node) == "use"]
@@ -109,31 +114,42 @@ def images_shown_by(element):
     """Every Instance the selected element shows: itself when it is an <image>, else the images
     under it as rendered (through clones, a <switch>'s chosen child; not inside <defs>). Nothing
     for an element inside <defs>, a <symbol> or a <clipPath>: it shows only where it is cloned."""
+    return shown_by(element, "image")
+
+
+def paths_shown_by(element):
+    """The same for <path> elements: every place a path the selected element shows is drawn (the
+    path itself, the paths in a selected group or layer, recursively, or those a clone shows).
+    chain[0] of each Instance is the <path>."""
+    return shown_by(element, "path")
+
+
+def shown_by(element, wanted):
     above = tuple(element.iterancestors())
     if any(kind(node) in NOT_RENDERED for node in above):  # picked in the XML editor: drawn nowhere there
         return []
-    return [Instance(tuple(reversed(path)) + above) for path in _paths_down(element, (), 0)]
+    return [Instance(tuple(reversed(path)) + above) for path in _paths_down(element, (), 0, wanted)]
 
 
-def _paths_down(node, path, depth):
-    """Paths (outermost first) from node down to each image it shows."""
+def _paths_down(node, path, depth, wanted="image"):
+    """Paths (outermost first) from node down to each element of kind `wanted` it shows."""
     name = kind(node)
     path = path + (node,)
-    if name == "image":
+    if name == wanted:
         yield path
     elif name == "use":
         target = referenced(node)
         if target is not None and depth < MAX_CLONE_DEPTH and not _clones_itself(node, target, path):
-            yield from _paths_down(target, path, depth + 1)
+            yield from _paths_down(target, path, depth + 1, wanted)
     elif name == "switch":
         child = switch_choice(node)
         if child is not None:
-            yield from _paths_down(child, path, depth)
+            yield from _paths_down(child, path, depth, wanted)
     elif name is None or (name in NOT_RENDERED and not _cloned_symbol(node, path)):
         return
     else:
         for child in node:
-            yield from _paths_down(child, path, depth)
+            yield from _paths_down(child, path, depth, wanted)
 
 
 def _clones_itself(use, target, path):

@@ -174,6 +174,44 @@ def ellipse_box(m, cx, cy, rx, ry):
     return (x - half_w, y - half_h, x + half_w, y + half_h)
 
 
+def cubic_box(p0, p1, p2, p3):
+    """Exact bounds (x0, y0, x1, y1) of one cubic Bezier: its ends and its extrema on each axis."""
+    xs, ys = [p0[0], p3[0]], [p0[1], p3[1]]
+    for axis, values in ((0, xs), (1, ys)):
+        a0, a1, a2, a3 = p0[axis], p1[axis], p2[axis], p3[axis]
+        # B'(t)/3 = a t^2 + b t + c
+        a, b, c = -a0 + 3 * a1 - 3 * a2 + a3, 2 * (a0 - 2 * a1 + a2), a1 - a0
+        if abs(a) < 1e-12:
+            roots = [-c / b] if abs(b) > 1e-12 else []
+        else:
+            disc = b * b - 4 * a * c
+            roots = [] if disc < 0 else [(-b + sign * math.sqrt(disc)) / (2 * a) for sign in (1, -1)]
+        for t in roots:
+            if 0 < t < 1:
+                u = 1 - t
+                values.append(u ** 3 * a0 + 3 * u * u * t * a1 + 3 * u * t * t * a2 + t ** 3 * a3)
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def superpath_box(m, superpath):
+    """Exact bounds of a path given as inkex's CubicSuperPath (subpaths of [in, point, out] nodes),
+    mapped by m (an affine map maps a cubic's control points exactly); None when it has no node."""
+    box = None
+    for subpath in superpath:
+        nodes = [[apply(m, float(x), float(y)) for x, y in node] for node in subpath]
+        parts = [points_box(IDENTITY, [node[1]]) for node in nodes]
+        parts += [cubic_box(a[1], a[2], b[0], b[1]) for a, b in zip(nodes, nodes[1:])]
+        for part in parts:
+            box = part if box is None else (min(box[0], part[0]), min(box[1], part[1]),
+                                            max(box[2], part[2]), max(box[3], part[3]))
+    return box
+
+
+def boxes_touch(first, second):
+    """True when two boxes (x0, y0, x1, y1) overlap or touch (a flat box counts: a straight line)."""
+    return first[0] <= second[2] and second[0] <= first[2] and first[1] <= second[3] and second[1] <= first[3]
+
+
 # A visible edge closer than this to a pixel edge (in the raster's pixels) is on it (issue 18 item 2).
 # Float noise in a clip's box (inkex measures a circle through its Bezier form: 1.75e-3 px over on a
 # 60-pixel radius) must not add a row of pixels the viewer never sees; an edge 1/100 pixel past a pixel
@@ -209,6 +247,38 @@ def _whole_pixels(start, end, size):
     first = min(size - 1, max(0, math.floor(start + SNAP_PX)))
     last = min(size, max(first + 1, math.ceil(end - SNAP_PX)))
     return first, last
+
+
+# The engine's framing (clipasso_engine/imageio.py, load_image with its defaults: pad_to_square, no
+# fix_scale, 224 px canvas), replicated here without numpy: the map is needed BEFORE the engine runs,
+# to bring selected paths onto its canvas (--start-from). tests/test_extension.py checks it against
+# the engine's own for many sizes and crops.
+ENGINE_CANVAS = 224
+ENGINE_MAX_PAD_SIDE = 8192  # imageio.MAX_PAD_SIDE: a wider padded square is built from a shrunk copy
+
+
+def engine_canvas_to_image(image_size, crop=None, canvas_size=ENGINE_CANVAS):
+    """The canvas_to_image the engine will report for an upright image of image_size (w, h), sketched
+    whole or on crop (left, top, right, bottom): the cropped picture centred on a white square of
+    side max(w, h) (whole-pixel offsets, an odd difference's extra white column/row right/bottom),
+    resized to the canvas, then shifted by the crop's offset into the whole image."""
+    left, top, right, bottom = crop if crop else (0, 0, int(image_size[0]), int(image_size[1]))
+    width, height = right - left, bottom - top
+    side = max(width, height)
+    if side == width == height:
+        sx, tx, sy, ty, work_side = 1.0, 0.0, 1.0, 0.0, side
+    elif side <= ENGINE_MAX_PAD_SIDE:
+        sx, sy, work_side = 1.0, 1.0, side
+        tx, ty = -float((side - width) // 2), -float((side - height) // 2)
+    else:  # imageio._paste_on_white_square's shrunk square, rounded as Python rounds
+        r = ENGINE_MAX_PAD_SIDE / side
+        pad_x, pad_y = (side - width) // 2, (side - height) // 2
+        x0, y0 = round(pad_x * r), round(pad_y * r)
+        x1, y1 = max(x0 + 1, round((pad_x + width) * r)), max(y0 + 1, round((pad_y + height) * r))
+        x1, y1 = min(x1, ENGINE_MAX_PAD_SIDE), min(y1, ENGINE_MAX_PAD_SIDE)
+        sx, sy, work_side = width / (x1 - x0), height / (y1 - y0), ENGINE_MAX_PAD_SIDE
+        tx, ty = -x0 * sx, -y0 * sy
+    return (work_side / canvas_size * sx, 0.0, 0.0, work_side / canvas_size * sy, tx + left, ty + top)
 
 
 def canvas_to_layer(canvas_to_image, pixels_to_user, image_ctm, layer_ctm):

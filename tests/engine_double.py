@@ -22,17 +22,25 @@ ENGINE_DOUBLE_MODE picks the behaviour:
 --crop L,T,R,B (or -) per image, as the engine: the strokes are drawn inside that rectangle of the
 image's pixels (squeezed into the part of the canvas it fills), while image_size and canvas_to_image
 still refer to the whole image; a crop outside the image is the engine's bad_argument error.
-ENGINE_DOUBLE_RECORD: a file to which one JSON line {argv, image_bytes, image_sizes, caller} is appended.
+--start-from FILE (or -) per image and --keep-start, as the engine: the strokes read from FILE (a 224 x
+224 SVG, as the extension writes it: <path d="absolute data" transform="matrix(...)">, each segment one
+cubic stroke, see read_start_strokes) come first in `points`, unchanged, followed by the N usual strokes
+(--strokes N: N added, 0 allowed); with --keep-start the result's `kept` lists their indices (else []).
+ENGINE_DOUBLE_RECORD: a file to which one JSON line {argv, image_bytes, image_sizes, caller, start_files}
+is appended; start_files holds per --start-from {path, text} (the text copied: the extension's
+temporary folder is gone once it has finished).
 """
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ElementTree
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clipasso_engine import wire  # noqa: E402  (stdlib only; the same import the extension falls back to)
@@ -69,17 +77,106 @@ def known_strokes(n):
     for k in range(1, n):
         strokes.append([[float((37 * k + 53 * j) % 224) + 0.25 * j, float((61 * k + 29 * j) % 224) + 0.5]
                         for j in range(4)])
+    return strokes[:n]
+
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+PATH_TOKEN = re.compile(r"[A-Za-z]|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+ARGUMENTS = {"M": 2, "L": 2, "H": 1, "V": 1, "C": 6, "S": 4, "Q": 4, "T": 2, "A": 7, "Z": 0}
+
+
+def read_start_strokes(text):
+    """The start strokes (canvas px, each [[x, y] x 4]) of the SVG the extension writes: every <path>,
+    absolute data (M L H V C S Q T A Z), mapped by its matrix(...) transform; every segment one cubic
+    (lines and Z's closing line at thirds, quadratics raised exactly; an arc, which only the engine's
+    reader draws as it is, as the straight line between its ends). A stand-in for the engine's
+    clipasso_engine.svgpaths, for the plain data the extension hands over."""
+    root = ElementTree.fromstring(text)
+    if root.get("viewBox", "").split() != ["0", "0", str(CANVAS), str(CANVAS)]:
+        raise ValueError(f"the start file is not a {CANVAS} x {CANVAS} canvas")
+    strokes = []
+    for element in root.iter(f"{SVG_NS}path"):
+        transform = element.get("transform") or "matrix(1,0,0,1,0,0)"
+        if not transform.startswith("matrix("):
+            raise ValueError(f"transform {transform!r}: the extension writes matrix(...) only")
+        a, b, c, d, e, f = (float(v) for v in PATH_TOKEN.findall(transform[len("matrix"):]))
+        strokes += [[[a * x + c * y + e, b * x + d * y + f] for x, y in stroke]
+                    for stroke in segments(element.get("d") or "")]
     return strokes
+
+
+def line(p0, p1):
+    return [list(p0), [p0[0] + (p1[0] - p0[0]) / 3, p0[1] + (p1[1] - p0[1]) / 3],
+            [p0[0] + 2 * (p1[0] - p0[0]) / 3, p0[1] + 2 * (p1[1] - p0[1]) / 3], list(p1)]
+
+
+def segments(data):
+    """Absolute path data -> one cubic [p0, p1, p2, p3] per segment. control: the previous segment's
+    last handle and its kind ('C' for C/S, 'Q' for Q/T), which S and T reflect when of their kind."""
+    tokens = PATH_TOKEN.findall(data)
+    strokes, current, start, control, letter, i = [], None, None, None, None, 0
+
+    def reflected(kind):
+        if control is None or control[1] != kind:
+            return current
+        return (2 * current[0] - control[0][0], 2 * current[1] - control[0][1])
+
+    while i < len(tokens):
+        if tokens[i].isalpha():
+            letter = tokens[i]
+            i += 1
+            if letter not in ARGUMENTS:
+                raise ValueError(f"path command {letter!r}: the extension writes absolute data only")
+            if letter == "Z":
+                if current is not None and current != start:
+                    strokes.append(line(current, start))
+                current, control = start, None
+                continue
+        values = [float(v) for v in tokens[i:i + ARGUMENTS[letter]]]
+        i += ARGUMENTS[letter]
+        if letter == "M":
+            current = start = (values[0], values[1])
+            letter, control = "L", None  # further pairs are lines
+        elif letter in "LHVA":
+            end = {"L": lambda: (values[0], values[1]), "H": lambda: (values[0], current[1]),
+                   "V": lambda: (current[0], values[0]), "A": lambda: (values[5], values[6])}[letter]()
+            strokes.append(line(current, end))
+            current, control = end, None
+        elif letter in "CS":
+            if letter == "C":
+                first, values = (values[0], values[1]), values[2:]
+            else:
+                first = reflected("C")
+            second, end = (values[0], values[1]), (values[2], values[3])
+            strokes.append([list(current), list(first), list(second), list(end)])
+            current, control = end, (second, "C")
+        else:  # Q, T: the quadratic raised to a cubic
+            if letter == "Q":
+                handle, end = (values[0], values[1]), (values[2], values[3])
+            else:
+                handle, end = reflected("Q"), (values[0], values[1])
+            strokes.append([list(current), [current[0] + 2 / 3 * (handle[0] - current[0]),
+                                            current[1] + 2 / 3 * (handle[1] - current[1])],
+                            [end[0] + 2 / 3 * (handle[0] - end[0]), end[1] + 2 / 3 * (handle[1] - end[1])],
+                            list(end)])
+            current, control = end, (handle, "Q")
+    return strokes
+
+
+def padding(width, height):
+    """The engine's pad-to-square: a max(w, h) square, the picture at whole-pixel offsets (an odd
+    difference leaves the extra white column or row right or bottom). -> (side, left, top)."""
+    side = max(width, height)
+    return side, (side - width) // 2, (side - height) // 2
 
 
 def canvas_to_image(width, height, crop=None):
     """Pad-to-square, as the engine does: the canvas covers a max(w, h) square centred on the image,
     or on the crop (w x h) and then shifted by the crop's offset into the whole image."""
     left, top, right, bottom = crop or (0, 0, width, height)
-    width, height = right - left, bottom - top
-    side = max(width, height)
+    side, pad_x, pad_y = padding(right - left, bottom - top)
     scale = side / CANVAS
-    return [scale, 0.0, 0.0, scale, left - (side - width) / 2.0, top - (side - height) / 2.0]
+    return [scale, 0.0, 0.0, scale, float(left - pad_x), float(top - pad_y)]
 
 
 def inside_crop(strokes, crop):
@@ -88,9 +185,9 @@ def inside_crop(strokes, crop):
     if crop is None:
         return strokes
     width, height = crop[2] - crop[0], crop[3] - crop[1]
-    side = max(width, height)
+    side, pad_x, pad_y = padding(width, height)
     kx, ky = width / side, height / side
-    ox, oy = CANVAS * (1 - kx) / 2, CANVAS * (1 - ky) / 2
+    ox, oy = CANVAS * pad_x / side, CANVAS * pad_y / side
     return [[[ox + kx * x, oy + ky * y] for x, y in stroke] for stroke in strokes]
 
 
@@ -118,10 +215,10 @@ def parse(argv):
         i += 1
     while i < len(args):
         name = args[i]
-        if name in ("--mask-background", "--stretch"):
+        if name in ("--mask-background", "--stretch", "--keep-start"):
             options[name[2:]] = True
             i += 1
-        elif name in ("--name", "--crop"):
+        elif name in ("--name", "--crop", "--start-from"):
             options.setdefault(name[2:], []).append(args[i + 1])
             i += 2
         else:
@@ -175,11 +272,28 @@ def main():
         emit(event="error", code="bad_argument", message=f"{error}.")
         return 2
     crops += [None] * (len(images) - len(crops))
+    start_files = [None if text.strip() == "-" else text for text in options.get("start-from", [])]
+    start_files += [None] * (len(images) - len(start_files))
+    texts = []
+    for path in start_files:
+        if path is not None:
+            with open(path, encoding="utf-8") as handle:
+                texts.append(handle.read())
     if record:
         with open(record, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"argv": sys.argv[1:], "image_sizes": sizes,
                                      "image_bytes": [os.path.getsize(path) for path in images],
-                                     "caller": os.environ.get(wire.CALLER_ENV)}) + "\n")
+                                     "caller": os.environ.get(wire.CALLER_ENV),
+                                     "start_files": [{"path": path, "text": text} for path, text in
+                                                     zip([p for p in start_files if p], texts)]}) + "\n")
+    try:
+        starts, texts = [], iter(texts)
+        for path in start_files:
+            starts.append(read_start_strokes(next(texts)) if path else [])
+    except (ValueError, ElementTree.ParseError) as error:
+        emit(event="error", code="bad_argument", message=f"--start-from: {error}.")
+        return 2
+    keep = bool(options.get("keep-start"))
 
     jobs = [{"job": i * len(levels) + j, "image": i, "name": names[i], "strokes": n}
             for i in range(len(images)) for j, n in enumerate(levels)]
@@ -196,9 +310,10 @@ def main():
         return 1
 
     def sketches():
-        return [dict(job, points=inside_crop(known_strokes(job["strokes"]), crops[job["image"]]),
+        return [dict(job, points=starts[job["image"]] + inside_crop(known_strokes(job["strokes"]), crops[job["image"]]),
                      canvas=[CANVAS, CANVAS], image_size=list(sizes[job["image"]]),
-                     canvas_to_image=canvas_to_image(*sizes[job["image"]], crops[job["image"]]))
+                     canvas_to_image=canvas_to_image(*sizes[job["image"]], crops[job["image"]]),
+                     kept=list(range(len(starts[job["image"]]))) if keep else [])
                 for job in jobs]
 
     for iteration in (10, 20):
@@ -231,7 +346,7 @@ def main():
         with open(svg, "w", encoding="utf-8") as handle:
             handle.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{CANVAS}" height="{CANVAS}"/>\n')
         emit(event="result", svg=os.path.abspath(svg), stroke_width=3.0, seed=0, loss=0.05,
-             importance=[1.0] * sketch["strokes"], iteration=20 if finish.is_set() else 30,
+             importance=[1.0] * len(sketch["points"]), iteration=20 if finish.is_set() else 30,
              finished_early=finish.is_set(), timings={}, **sketch)
     emit(event="done", results=len(jobs), finished_early=finish.is_set())
     return 0

@@ -214,6 +214,26 @@ class TestInkex12(DoubleEngineMixin, TestCase):
                 with open(ComparisonMixin.get_compare_cmpfile(self, args), "rb") as handle:
                     self.assertEqual(done.stdout, handle.read())
 
+    def test_selected_paths_under_inkex_12(self):
+        """Keep them and add strokes under inkex 1.2: the same start file (the paths' data made
+        absolute, their transforms composed) and the same document as under inkex 1.4."""
+        sketched = os.path.join(self.tempdir, "sketched.svg")
+        done = self.run_script(("--id=photo", "--strokes=3"), "refine_mm.svg")
+        with open(sketched, "wb") as handle:
+            handle.write(done.stdout.replace(b'xlink:href="photo_40x20.png"',
+                                             ('xlink:href="%s"' % os.path.join(DATA, "photo_40x20.png")).encode()))
+        args = ("--id=photo", "--id=clipasso-layer-photo-3", "--id=hand", "--id=hand_clone", "--strokes=2",
+                "--selected_paths=keep")
+        done = self.run_script(args, sketched)
+        self.assertEqual(done.stderr, b"")
+        self.assertEqual(done.returncode, 0)
+        status, errors, output, _ = self.run_extension(*args, document=sketched)
+        self.assertIsNone(status, errors)
+        self.assertEqual(done.stdout, output)
+        first, second = [record["start_files"][0]["text"] for record in self.recorded()[-2:]]
+        self.assertEqual(first, second)
+        self.assertEqual(first.count("<path"), 5)
+
     def test_error_under_inkex_12(self):
         os.environ["ENGINE_DOUBLE_MODE"] = "crash"
         done = self.run_script(("--id=plain",), "placement.svg")
@@ -1257,6 +1277,275 @@ class TestVisibleCrop(DoubleEngineMixin, TestCase):
         shape = svg.getElementById("clip_group_rotated")
         self.assertEqual(shape.attrib["transform"], "rotate(10,20,10)")
         self.assertEqual(svg.getElementById("clip_group").attrib["transform"], "translate(10,0)")
+
+
+# --- Selected paths: start from them, keep them and add strokes, ignore (issue 14 item 3) ---------
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import engine_double  # noqa: E402  (its known strokes and its reader of the start file)
+
+SVG = "{http://www.w3.org/2000/svg}"
+PHOTO = os.path.join(DATA, "photo_40x20.png")
+
+
+def start_strokes(text):
+    """The strokes of a start file, read by the engine's reader when it is there (and then also by
+    the double's, which must agree), else by the double's."""
+    ours = engine_double.read_start_strokes(text)
+    try:
+        from clipasso_engine import svgpaths
+    except ImportError:
+        return ours
+    # image_size / canvas_to_image: the file is canvas-sized (224 x 224), so they do not apply to it
+    theirs = svgpaths.read_start_strokes(text, 224, (40, 20), placement.engine_canvas_to_image((40, 20)))
+    theirs = [[[float(x), float(y)] for x, y in stroke] for stroke in theirs]
+    assert_strokes_close(theirs, ours, 1e-9)
+    return theirs
+
+
+def assert_strokes_close(found, expected, tolerance):
+    assert len(found) == len(expected), (len(found), len(expected))
+    for stroke, wanted in zip(found, expected):
+        for (x, y), (ex, ey) in zip(stroke, wanted):
+            assert abs(x - ex) <= tolerance and abs(y - ey) <= tolerance, (stroke, wanted)
+
+
+def path_nodes(data):
+    return [(float(x), float(y)) for x, y in re.findall(f"({NUMBER}),({NUMBER})", data)]
+
+
+class TestEngineCanvasMap(unittest.TestCase):
+    """placement.engine_canvas_to_image, which the extension needs before the engine runs, is the
+    engine's own canvas_to_image (imageio.load_image), to the bit."""
+
+    def test_equals_the_engines(self):
+        imageio = pytest.importorskip("clipasso_engine.imageio")
+        pytest.importorskip("torch")
+        from PIL import Image
+        from clipasso_engine.config import make_config
+        config = make_config("fast")
+        cases = [((40, 20), None), ((41, 20), None), ((20, 41), None), ((30, 60), (0, 45, 30, 60)),
+                 ((64, 64), None), ((7, 3), (1, 0, 6, 3)), ((451, 300), (11, 7, 300, 299)),
+                 ((360, 240), (100, 0, 101, 240)), ((9001, 30), None), ((50, 9000), (3, 0, 50, 8999))]
+        for size, crop in cases:
+            with self.subTest(size=size, crop=crop):
+                loaded = imageio.load_image(Image.new("RGB", size, "white"), config, crop=crop)
+                self.assertEqual(placement.engine_canvas_to_image(size, crop), tuple(loaded.canvas_to_image))
+
+    def test_the_double_frames_as_the_engine(self):
+        for size, crop in (((41, 20), None), ((30, 60), (0, 45, 30, 60)), ((40, 20), (11, 0, 29, 20))):
+            self.assertEqual(tuple(engine_double.canvas_to_image(*size, crop)),
+                             placement.engine_canvas_to_image(size, crop))
+
+
+class TestPathBounds(unittest.TestCase):
+    def test_cubic_extrema(self):
+        # an S through (0,0) and (3,0) with handles at y = +-3: extrema at y = +-sqrt(3)/2 ... exactly
+        box = placement.cubic_box((0, 0), (1, 3), (2, -3), (3, 0))
+        self.assertAlmostEqual(box[1], -box[3])
+        t = (3 - math.sqrt(3)) / 6  # B_y'(t) = 0
+        u = 1 - t
+        self.assertAlmostEqual(box[3], 3 * u * u * t * 3 - 3 * u * t * t * 3, 12)
+        self.assertEqual((box[0], box[2]), (0, 3))
+
+    def test_superpath_mapped(self):
+        superpath = inkex.Path("M 0,0 C 1,3 2,-3 3,0 L 3,0.5").to_superpath()
+        box = placement.superpath_box((2, 0, 0, 2, 10, 0), superpath)
+        self.assertAlmostEqual(box[0], 10)
+        self.assertAlmostEqual(box[2], 16)
+        self.assertAlmostEqual(box[3], 2 * placement.cubic_box((0, 0), (1, 3), (2, -3), (3, 0))[3])
+        self.assertTrue(placement.boxes_touch((0, 0, 1, 0), (1, -1, 2, 1)))  # flat, touching
+        self.assertFalse(placement.boxes_touch((0, 0, 1, 1), (1.01, 0, 2, 1)))
+
+
+class TestSelectedPaths(DoubleEngineMixin, TestCase):
+    """refine_mm.svg: a mm document; the photo's layer inside a translated, rotated, scaled layer, so
+    the sketch layer is inserted there too; a hand-drawn path (and a clone of it) in another,
+    translated layer; a path far off the image; a rectangle; a second image."""
+
+    def first_sketch(self, strokes=3):
+        """The document once sketched (3 strokes, in layer clipasso-layer-photo-3), saved with an
+        absolute link so that it can be run on again."""
+        status, errors, output, _ = self.run_extension("--id=photo", f"--strokes={strokes}", document="refine_mm.svg")
+        self.assertIsNone(status, errors)
+        infile = os.path.join(self.tempdir, "sketched.svg")
+        with open(infile, "wb") as handle:
+            handle.write(output.replace(b'xlink:href="photo_40x20.png"', f'xlink:href="{PHOTO}"'.encode()))
+        with open(infile, "rb") as handle:
+            return infile, handle.read()
+
+    def again(self, infile, *args):
+        status, errors, output, _ = self.run_extension(*args, document=infile)
+        self.assertIsNone(status, errors)
+        self.assertEqual(errors, "")
+        return inkex.load_svg(io.BytesIO(output)).getroot(), output
+
+    def start_file(self):
+        [start] = self.recorded()[-1]["start_files"]
+        return start["text"]
+
+    @staticmethod
+    def element_bytes(document, element_id):
+        from lxml import etree
+        root = etree.fromstring(document) if isinstance(document, bytes) else document
+        found = [node for node in root.iter() if node.get("id") == element_id]
+        assert len(found) == 1, element_id
+        element = copy_without_tail(found[0])
+        return etree.tostring(element)
+
+    def new_layers(self, svg, before):
+        return [g for g in svg.iter(f"{SVG}g") if (g.get("id") or "").startswith("clipasso-layer-")
+                and g.get("id") not in before]
+
+    def test_inx_has_the_option(self):
+        from lxml import etree
+        ns = {"i": "http://www.inkscape.org/namespace/inkscape/extension"}
+        inx = etree.parse(os.path.join(REPO, "clipasso.inx"))
+        param = inx.find(".//i:param[@name='selected_paths']", ns)
+        self.assertEqual(param.get("type"), "optiongroup")
+        self.assertEqual(param.get("gui-text"), "Selected paths")
+        self.assertEqual([(o.get("value"), o.text) for o in param.findall("i:option", ns)],
+                         [("start", "Start from them"), ("keep", "Keep them and add strokes"), ("ignore", "Ignore")])
+        strokes = inx.find(".//i:param[@name='strokes']", ns)
+        self.assertIn("With paths selected: how many strokes to add", strokes.get("gui-description"))
+        help_text = "".join(inx.find(".//i:page[@name='help']", ns).itertext())
+        for words in ("Start from them:", "Keep them and add strokes:", "Ignore:", "strokes to add",
+                      "wholly off the image is refused", "one image at a time", "Object to Path"):
+            self.assertIn(words, help_text)
+
+    def test_start_file_holds_the_strokes_where_they_were_drawn(self):
+        """The sketch layer, selected with its image, reaches the engine as the double's very canvas
+        points (to 1e-4, what 4 decimals in the document allow): the exact inverse of the placement,
+        through the rotated, scaled, translated layers of a mm document."""
+        infile, _ = self.first_sketch()
+        self.again(infile, "--id=photo", "--id=clipasso-layer-photo-3", "--strokes=2")
+        text = self.start_file()
+        self.assertIn('width="224" height="224" viewBox="0 0 224 224"', text)
+        self.assertEqual(text.count("<path"), 3)
+        self.assertRegex(text, r'transform="matrix\([^)]+\)"')
+        assert_strokes_close(start_strokes(text), engine_double.known_strokes(3), 1e-4)
+        argv = self.recorded()[-1]["argv"]
+        self.assertEqual(argv[argv.index("--start-from") + 1], self.recorded()[-1]["start_files"][0]["path"])
+        self.assertEqual(argv.count("--start-from"), 1)
+        self.assertNotIn("--keep-start", argv)
+        self.assertEqual(argv[argv.index("--strokes") + 1], "2")
+
+    def test_hand_drawn_path_and_its_clone(self):
+        """A path drawn by hand in another, translated layer (relative data made absolute; the
+        line a segment of its own), and a clone of it (its own transform included)."""
+        infile, _ = self.first_sketch()
+        self.again(infile, "--id=photo", "--id=hand", "--id=hand_clone", "--strokes=1")
+        text = self.start_file()
+        self.assertIn('d="M 105.0 85.0 C 110.0 82.0 115.0 88.0 120.0 85.0 L 125.0 90.0"', text)
+        self.assertIn('id="hand_clone"', text)
+        strokes = start_strokes(text)
+        self.assertEqual(len(strokes), 4)
+        # by hand: document point -> canvas, through the inverse of the placement's own chain
+        svg = inkex.load_svg(infile).getroot()
+        image = svg.getElementById("photo")
+        pixels = placement.image_placement(10, 10, 250, 125, (40, 20))
+        to_canvas = placement.invert(placement.compose(tuple(image.composed_transform().to_hexad()), pixels,
+                                                       placement.engine_canvas_to_image((40, 20))))
+        for offset, first in ((0, strokes[0]), (6, strokes[2])):  # the clone: translate(4,6) more
+            dx, dy = (4, 6) if offset else (0, 0)
+            expected = [placement.apply(to_canvas, 2 + dx + x, 1 + dy + y)
+                        for x, y in ((105, 85), (110, 82), (115, 88), (120, 85))]
+            assert_strokes_close([first], [expected], 1e-9)
+
+    def test_keep_inserts_only_added_strokes_and_leaves_the_paths(self):
+        infile, before = self.first_sketch()
+        svg, output = self.again(infile, "--id=photo", "--id=clipasso-layer-photo-3", "--id=hand",
+                                 "--strokes=2", "--selected_paths=keep")
+        argv = self.recorded()[-1]["argv"]
+        self.assertIn("--keep-start", argv)
+        [layer] = self.new_layers(svg, {"clipasso-layer-photo-3"})
+        self.assertEqual(layer.get("inkscape:label"), "CLIPasso sketch \u2014 2 added strokes")
+        self.assertIs(layer.getparent(), svg.getElementById("outer"))  # over the image, as every sketch layer
+        paths = list(layer.iter(f"{SVG}path"))
+        self.assertEqual(len(paths), 2)
+        # the added strokes lie exactly where a fresh 2-stroke sketch puts the double's strokes
+        status, errors, fresh, _ = self.run_extension("--id=photo", "--strokes=2", document=infile)
+        fresh_svg = inkex.load_svg(io.BytesIO(fresh)).getroot()
+        expected = [p.get("d") for p in fresh_svg.getElementById("clipasso-layer-photo-2").iter(f"{SVG}path")]
+        self.assertEqual([p.get("d") for p in paths], expected)
+        for element_id in ("clipasso-layer-photo-3", "clipasso-photo-3-stroke-1", "hand", "hand_layer"):
+            self.assertEqual(self.element_bytes(output, element_id), self.element_bytes(before, element_id), element_id)
+
+    def test_start_makes_a_new_layer_of_all_strokes(self):
+        infile, before = self.first_sketch()
+        svg, output = self.again(infile, "--id=photo", "--id=clipasso-layer-photo-3", "--id=hand",
+                                 "--strokes=2", "--selected_paths=start")
+        [layer] = self.new_layers(svg, {"clipasso-layer-photo-3"})
+        self.assertEqual(layer.get("inkscape:label"), "CLIPasso sketch \u2014 7 strokes")  # 3 + 2 of hand + 2
+        paths = list(layer.iter(f"{SVG}path"))
+        self.assertEqual(len(paths), 7)
+        # the double hands the start strokes back unchanged: they land where they were
+        old = svg.getElementById("clipasso-layer-photo-3")
+        for new_path, old_path in zip(paths, old.iter(f"{SVG}path")):
+            for (x, y), (ox, oy) in zip(path_nodes(new_path.get("d")), path_nodes(old_path.get("d"))):
+                self.assertAlmostEqual(x, ox, delta=2e-4)
+                self.assertAlmostEqual(y, oy, delta=2e-4)
+        for element_id in ("clipasso-layer-photo-3", "hand"):
+            self.assertEqual(self.element_bytes(output, element_id), self.element_bytes(before, element_id))
+
+    def test_start_with_no_strokes_to_add_only_refines(self):
+        infile, _ = self.first_sketch()
+        svg, _ = self.again(infile, "--id=photo", "--id=clipasso-photo-3-stroke-2", "--strokes=0")
+        [layer] = self.new_layers(svg, {"clipasso-layer-photo-3"})
+        self.assertEqual(len(list(layer.iter(f"{SVG}path"))), 1)
+        self.assertEqual(self.recorded()[-1]["argv"][self.recorded()[-1]["argv"].index("--strokes") + 1], "0")
+
+    def test_ignore_is_todays_run(self):
+        infile, _ = self.first_sketch()
+        svg, _ = self.again(infile, "--id=photo", "--id=clipasso-layer-photo-3", "--strokes=2",
+                            "--selected_paths=ignore")
+        argv = self.recorded()[-1]["argv"]
+        self.assertNotIn("--start-from", argv)
+        self.assertNotIn("--keep-start", argv)
+        [layer] = self.new_layers(svg, {"clipasso-layer-photo-3"})
+        self.assertEqual(len(list(layer.iter(f"{SVG}path"))), 2)
+
+    def test_other_objects_are_not_paths(self):
+        """A rectangle (or text...) selected with the image plays no part: today's run."""
+        self.again(os.path.join(DATA, "refine_mm.svg"), "--id=photo", "--id=box", "--strokes=2")
+        self.assertNotIn("--start-from", self.recorded()[-1]["argv"])
+
+    def test_several_images_and_ignore(self):
+        """Paths with Ignore: several images are fine, sketched afresh."""
+        self.again(os.path.join(DATA, "refine_mm.svg"), "--id=photo", "--id=second", "--id=hand", "--strokes=2",
+                   "--selected_paths=ignore")
+        self.assertNotIn("--start-from", self.recorded()[-1]["argv"])
+
+    def assertRefused(self, infile, *args_and_phrases):
+        args = [a for a in args_and_phrases if a.startswith("--")]
+        phrases = [a for a in args_and_phrases if not a.startswith("--")]
+        status, errors, output, _ = self.run_extension(*args, document=infile)
+        self.assertNotIn(status, (None, 0), errors)
+        self.assertEqual(output, b"", "the document must not be written")
+        self.assertEqual(len(errors.strip().splitlines()), 1, errors)
+        self.assertNotIn("Traceback", errors)
+        for phrase in phrases:
+            self.assertIn(phrase, errors)
+        self.assertFalse(os.path.exists(self.record), "the engine must not run")
+
+    def test_refusals(self):
+        infile = os.path.join(DATA, "refine_mm.svg")
+        self.assertRefused(infile, "--id=photo", "--id=hand", "--id=far", "--strokes=2",
+                           "The selected path 'far' lies wholly outside the part of the image 'photo' that shows")
+        self.assertRefused(infile, "--id=photo", "--id=hand", "--strokes=0", "--selected_paths=keep",
+                           "Keep them and add strokes needs at least 1 stroke to add")
+        self.assertRefused(infile, "--id=photo", "--id=hand", "--strokes=2, 0", "--selected_paths=keep",
+                           "at least 1 stroke")
+        self.assertRefused(infile, "--id=photo", "--id=second", "--id=hand", "--strokes=2",
+                           "The selection holds 2 images and 1 paths", "select one image at a time")
+        self.assertRefused(infile, "--id=photo", "--strokes=0", "whole numbers from 1 to 1024")  # no paths: as before
+        self.assertRefused(infile, "--id=photo", "--id=hand", "--strokes=-1", "whole numbers from 0 to 1024")
+
+
+def copy_without_tail(element):
+    import copy
+    element = copy.deepcopy(element)
+    element.tail = None
+    return element
 
 
 # --- the process side: events, ETA, cancel ------------------------------------------------------
