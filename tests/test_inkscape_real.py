@@ -4,7 +4,8 @@ weights, a couple of iterations) draws, and the output SVG gets a layer of strok
 One more runs with no weights at all, scripted as a user would: it must end, with the error sentence
 on Inkscape's stderr. Two more runs are stopped mid-way (SIGTERM to the extension; SIGKILL to all of
 Inkscape): no engine process may survive, and the document stays as it was. One more is told to keep
-its current sketch mid-run (the wire's finish command): its strokes become the layer. Inkscape with
+its current sketch mid-run (the wire's finish command): its strokes become the layer. One more selects
+the image with paths and keeps them while adding strokes (on the engine double). Inkscape with
 its own window open shows the progress window on a 1024 x 768 screen, which it must fit, and with
 the extension installed Inkscape warns about nothing of ours.
 
@@ -244,6 +245,110 @@ def test_sketch_layer_lies_on_the_image(installed):
 
     image = svg.getElementById("img1")   # the photo itself is untouched
     assert image is not None and float(image.get("width")) == IMAGE_XYWH[2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Selected paths (issue 14 item 3): Keep them and add strokes, in real Inkscape, on the engine double
+
+def to_document(points):
+    """Image pixels -> document coordinates, as numbers to write into the test document."""
+    matrix = image_pixels_to_document()
+    return [tuple((matrix @ np.array([x, y, 1.0]))[:2]) for x, y in points]
+
+
+def refine_document_text() -> str:
+    """The test document plus a sketch layer of three strokes, each edited as a designer would (one
+    given extra nodes in relative data, one moved by a transform, one restyled), and a path drawn by
+    hand in a layer of its own, translated; all lying on the image."""
+    def xy(points):
+        return " ".join(f"{x:.3f},{y:.3f}" for x, y in to_document(points))
+    a = to_document([(20, 20), (30, 10), (50, 10), (60, 30)])
+    relative = " ".join(f"{x - a[0][0]:.3f},{y - a[0][1]:.3f}" for x, y in a[1:])
+    strokes = f"""  <g id="sketch" inkscape:groupmode="layer" inkscape:label="My sketch">
+    <path id="s1" d="m {a[0][0]:.3f},{a[0][1]:.3f} c {relative} l 5,5 l 3,-2" style="fill:none;stroke:#000000;stroke-width:2"/>
+    <path id="s2" d="M {xy([(40, 40), (50, 45), (60, 40), (70, 50)]).replace(' ', ' C ', 1)}" transform="translate(3,-4)" style="fill:none;stroke:#000000;stroke-width:2"/>
+    <path id="s3" d="M {xy([(10, 50), (20, 55), (30, 45), (40, 55)]).replace(' ', ' C ', 1)}" style="fill:none;stroke:#aa0000;stroke-width:4;stroke-dasharray:2,1"/>
+  </g>
+  <g id="hand_layer" inkscape:groupmode="layer" inkscape:label="Drawn by hand" transform="translate(-2,1.5)">
+    <path id="hand" d="M {xy([(70, 20), (85, 30)])} L {xy([(80, 55)])}" style="fill:none;stroke:#0000ff;stroke-width:1"/>
+  </g>
+</svg>
+"""
+    return document_text().replace("</svg>\n", strokes)
+
+
+def element_attributes(svg, element_id):
+    element = svg.getElementById(element_id)
+    assert element is not None, element_id
+    parent = element.getparent()
+    return dict(element.attrib), parent.get("id") if parent.getparent() is not None else "(the root)"  # Inkscape ids the root
+
+
+def test_keep_selected_paths_and_add_strokes(installed):
+    """Select the image, three edited strokes of an earlier sketch and a path drawn by hand; Selected
+    paths "Keep them and add strokes", Number of strokes 4: one new layer holding 4 paths, exactly
+    where the double's 4 strokes belong on the image; the selected paths unchanged, attribute for
+    attribute; the engine was given the start file with --keep-start; no engine left running."""
+    import json
+    import inkex
+    from engine_double import canvas_to_image, known_strokes
+    work = installed["root"] / "keep_paths"
+    work.mkdir()
+    (installed["profile"] / "preferences.xml").write_text(
+        preferences_xml(strokes=4, selected_paths="keep", preset="fast", device="cpu"))
+    document = work / "in.svg"
+    document.write_text(refine_document_text())
+    output = work / "out.svg"
+    engine = work / "engine-python"
+    engine.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "engine_double.py"}" "$@"\n')
+    engine.chmod(0o755)
+    record = work / "record.jsonl"
+    marker = f"CLIPASSO_TEST_RUN={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CLIPASSO_"))}
+    env.update({"INKSCAPE_PROFILE_DIR": str(installed["profile"]), "CLIPASSO_ENGINE_PYTHON": str(engine),
+                "ENGINE_DOUBLE_RECORD": str(record), "TMPDIR": str(work),
+                marker.split("=")[0]: marker.split("=")[1], "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")})
+    actions = f"select-by-id:img1,s1,s2,s3,hand;{ACTION};export-filename:{output};export-do"
+    paths = {"work": work, "log": work / "inkscape.log"}
+    try:
+        with open(paths["log"], "w") as log:
+            done = subprocess.run(["timeout", "--kill-after=10", "200", "xvfb-run", "-a", "inkscape", "--batch-process",
+                                   f"--actions={actions}", str(document)], stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, cwd=str(work), timeout=230)
+        assert done.returncode == 0, diagnostics(paths)
+        assert "could not find action" not in paths["log"].read_text(errors="replace"), diagnostics(paths)
+        assert output.exists(), diagnostics(paths)
+        assert wait_for(lambda: not processes_with_marker(marker, "engine_double"), timeout=10)
+
+        [run] = [json.loads(line) for line in record.read_text().splitlines()]
+        argv = run["argv"]
+        assert "--keep-start" in argv and argv[argv.index("--strokes") + 1] == "4", argv
+        [start] = run["start_files"]
+        assert argv[argv.index("--start-from") + 1] == start["path"]
+        assert start["text"].count("<path") == 4, start["text"]   # s1, s2, s3 and the hand-drawn path
+
+        before = inkex.load_svg(str(document)).getroot()
+        svg = inkex.load_svg(str(output)).getroot()
+        layers = sketch_layers(svg)
+        assert len(layers) == 1, diagnostics(paths)
+        added = list(layers[0].iter("{http://www.w3.org/2000/svg}path"))
+        assert len(added) == 4
+        assert layers[0].getparent() is svg and layers[0].get("transform") is None
+        # the 4 added strokes lie exactly over the image: the double's strokes, placed by hand
+        c2i = canvas_to_image(*PIXELS)
+        canvas_to_pixels = np.array([[c2i[0], c2i[2], c2i[4]], [c2i[1], c2i[3], c2i[5]], [0, 0, 1.0]])
+        to_document_matrix = image_pixels_to_document() @ canvas_to_pixels
+        for path, stroke in zip(added, known_strokes(4)):
+            found = np.array([[float(v) for v in pair.split(",")] for pair in re.findall(r"-?[\d.]+,-?[\d.]+", path.get("d"))])
+            expected = (to_document_matrix @ np.c_[np.array(stroke), np.ones(4)].T).T[:, :2]
+            assert np.abs(found - expected).max() < 1e-3, (path.get("d"), expected)
+        # the designer's paths (and their layers) exactly as they were
+        for element_id in ("s1", "s2", "s3", "hand", "sketch", "hand_layer", "img1"):
+            assert element_attributes(svg, element_id) == element_attributes(before, element_id), element_id
+        assert [p.get("id") for p in svg.getElementById("sketch")] == ["s1", "s2", "s3"]
+        assert document.read_text() == refine_document_text()
+    finally:
+        kill_leftovers(marker)
 
 
 def resident_mb(pid: int) -> float:
