@@ -99,7 +99,7 @@ def _strokes_list(text: str) -> list[int]:
         levels = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected stroke counts like 16 or 8,16 (got {text!r})") from None
-    if not levels or any(n < 1 for n in levels):
+    if not levels or any(n < 0 for n in levels):   # 0: only refine the strokes of --start-from
         raise argparse.ArgumentTypeError(f"stroke counts must be whole numbers of 1 or more (got {text!r})")
     return list(dict.fromkeys(levels))  # each level once, in the order given
 
@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--crop", action="append", type=_crop, default=[],
                    help="sketch only this rectangle L,T,R,B of an image's pixels, '-' for the whole image "
                         "(repeat, in image order); strokes keep their place on the whole image (default: the whole image)")
+    s.add_argument("--start-from", action="append", default=[], metavar="STROKES.svg",
+                   help="start from these strokes (repeat, in image order; '-' for none): a sketch written by -o "
+                        "or --image-svg, or any SVG of that size; each path segment becomes one stroke. "
+                        "--strokes then counts the strokes ADDED to them (default 0: only refine them)")
+    s.add_argument("--keep-start", action="store_true",
+                   help="keep the --start-from strokes as they are and draw the added strokes around them "
+                        "(default: off, they are refined too)")
     s.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="; ".join(f"{k}: {v['doc']}" for k, v in PRESETS.items()))
     s.add_argument("--iterations", type=int, default=os.environ.get("CLIPASSO_ITERATIONS") or None,
@@ -457,10 +464,24 @@ def read_inputs(images, names, crops, config, report) -> list:
     return [imageio.load_image(path, config, name=name, crop=crop) for path, name, crop in zip(images, names, crops)]
 
 
+def read_start_files(paths, loaded, config) -> list:
+    """Each image's --start-from strokes in canvas px (None for '-' or none), before any model loads."""
+    from . import svgpaths
+    return [None if path in (None, "-") else
+            svgpaths.read_start_file(path, config.canvas_size, image.image_size, image.canvas_to_image)
+            for path, image in zip(paths, loaded)]
+
+
 def run_sketch(args, report: Reporter) -> int:
     images = [str(p) for p in args.images]
     names = _per_image(args.name, images, "--name")
     crops = _per_image(args.crop, images, "--crop")
+    start_files = _per_image(args.start_from, images, "--start-from")
+    if args.keep_start and not args.start_from:
+        raise EngineError("bad_argument", "--keep-start keeps the strokes of --start-from: give --start-from "
+                                          "STROKES.svg too.")
+    if args.start_from and not args.strokes:   # start strokes given: --strokes counts added ones
+        args.strokes = [0]
     config = make_config(args.preset, num_iterations=args.iterations, num_seeds=args.seeds, seed=args.seed,
                          backend=args.backend, mask_background=args.mask_background or None,
                          pad_to_square=not args.stretch, models_dir=args.models_dir, threads=args.threads,
@@ -474,15 +495,17 @@ def run_sketch(args, report: Reporter) -> int:
     jobs = [{"job": i * len(levels) + j, "image": i, "name": names[i] or Path(images[i]).name, "strokes": n}
             for i in range(len(images)) for j, n in enumerate(levels)]
     loaded = read_inputs(images, names, crops, config, report)
+    start_strokes = read_start_files(start_files, loaded, config) if args.start_from else None
 
-    from . import models   # torch from here on
+    from . import models, sketcher   # torch from here on
+    start = sketcher.start_strokes_per_image(start_strokes, args.keep_start, len(images))
+    sketcher.check_stroke_counts(tuple(levels), start, [job["name"] for job in jobs[::len(levels)]], config)
     models.interrupt_pending.clear()
     watch = CancelWatch(report)
     try:
         device_type = check_device(config.device)
         report(wire.event(wire.STATUS, phase="plan",
                           message=plan_message(config, len(jobs), device_type, len(images))))
-        from . import sketcher
         runtime = sketcher.prepare(config, on_progress=report, should_stop=watch.cancelled.is_set, single_use=True)
         if watch.cancelled.is_set():
             raise Cancelled(watch.reason)
@@ -499,7 +522,8 @@ def run_sketch(args, report: Reporter) -> int:
 
         results = sketcher.sketch_many(loaded, config, levels, runtime=runtime, names=names,
                                        on_progress=on_event, should_stop=watch.cancelled.is_set,
-                                       should_finish=watch.finish_requested.is_set)
+                                       should_finish=watch.finish_requested.is_set, start_strokes=start_strokes,
+                                       keep_start=args.keep_start)
         if watch.cancelled.is_set():
             raise Cancelled(watch.reason)
         report.close()
@@ -517,7 +541,8 @@ def run_sketch(args, report: Reporter) -> int:
                 points=result.points.round(4).tolist(), importance=list(result.importance),
                 iteration=result.iterations,
                 finished_early=result.finished_early, timings=result.timings,
-                reseeded=result.reseeded, short_strokes=result.short_strokes, frame_strokes=result.frame_strokes)
+                reseeded=result.reseeded, short_strokes=result.short_strokes, frame_strokes=result.frame_strokes,
+                kept=list(result.kept))
             if image_outputs:
                 with cannot_write(image_outputs[job["job"]], "--image-svg"):
                     result.save(image_outputs[job["job"]], space="image")

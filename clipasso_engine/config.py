@@ -42,6 +42,9 @@ DEVIATIONS = [
                      "padding (the reference samples the whole canvas; with padding its frame is an edge)"),
     ("min_stroke_length", "fast and balanced: a stroke that collapses below 5 px (a dot) is re-seeded where the "
                           "drawing still misses the picture, during the first 85 % of the run (0 = never, paper)"),
+    ("reseed_frame_strokes", "fast and balanced: a stroke lying along the photo's boundary with its padding (half "
+                             "its curve within 3 px of it) is re-seeded like a dot; the soft padding and the start "
+                             "strokes' margin leave few, this takes the last ones (False keeps them)"),
     ("rasterizer", "a pure-PyTorch analytic-coverage rasterizer instead of diffvg's 2x2 stratified samples "
                    "(closer to diffvg's own 16x16 render and gradient than diffvg at 2x2); diffvg is used when "
                    "pydiffvg imports and backend='diffvg' or 'auto'"),
@@ -90,6 +93,8 @@ class Config:
     min_stroke_length: float = 0.0   # fast/balanced 5 (DEVIATION): a stroke shorter than this (canvas px) has
                                      #   collapsed to a dot: re-seed it where the drawing misses the picture
                                      #   (0 = never, the reference)
+    reseed_frame_strokes: bool = True  # DEVIATION (when re-seeding): a stroke lying along the photo's boundary with
+                                       #   its padding draws the framing, not the picture: re-seed it too
     reseed_until: float = 0.85       # re-seed only in the first 85 % of the iterations, so the last ones settle
 
     # --- loss -----------------------------------------------------------------------------------
@@ -128,8 +133,9 @@ class Config:
     def validate(self) -> "Config":
         def bad(msg):
             raise EngineError("bad_argument", msg)
-        if not 1 <= self.num_strokes <= 1024:
-            bad(f"Number of strokes must be between 1 and 1024 (got {self.num_strokes}).")
+        if not 0 <= self.num_strokes <= 1024:   # 0: only refine given start strokes (sketch_many checks there are)
+            bad(f"Number of strokes must be between 1 and 1024, or 0 to only refine start strokes "
+                f"(got {self.num_strokes}).")
         if self.num_iterations < 0:
             bad(f"Iterations must be 0 or more (got {self.num_iterations}).")
         if not 1 <= self.num_seeds <= 64:

@@ -17,6 +17,7 @@ iteration and shared, so a sketch comes out the same batched or alone (up to flo
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Sketch:
     reseeded: int = 0                   # collapsed strokes started again during the run (all jobs of the run)
     short_strokes: int = 0              # strokes shorter than 5 canvas px in the result (dots)
     frame_strokes: int = 0              # strokes lying along the photo's boundary with its padding
+    kept: list = field(default_factory=list)           # indices (into points) of given strokes kept fixed
 
     @property
     def num_strokes(self) -> int:
@@ -242,12 +244,52 @@ def load_targets(loaded: list, config: Config, runtime: Runtime, control: Contro
 class Layout:
     """Where each sketch sits in the batch: level by level, then image, then seed.
 
-    Row r of level j (points[j][r]) is image r // seeds, seed r % seeds; in the concatenated batch
-    it is row offset(j) + r. A job (wire.py) is one image at one level: job = image * levels + j."""
+    Batch row offset(j) + r is level j, image r // seeds, seed r % seeds. A job (wire.py) is one image at
+    one level: job = image * levels + j. A sketch has levels[j] strokes, plus its image's `given` start
+    strokes (the designer's, sketch_many(start_strokes=...)) first. The points are held in `blocks`: per
+    level, one tensor for each run of consecutive images whose sketches have the same number of strokes
+    (without given strokes: one tensor per level)."""
 
     num_images: int
-    levels: tuple
+    levels: tuple                   # strokes drawn per level (added to the given ones)
     num_seeds: int
+    given: tuple = ()               # start strokes given per image (empty: none anywhere)
+
+    def given_count(self, image: int) -> int:
+        return self.given[image] if self.given else 0
+
+    def strokes(self, level: int, image: int) -> int:
+        """How many strokes the job's sketches have."""
+        return self.given_count(image) + self.levels[level]
+
+    @functools.cached_property
+    def blocks(self) -> list:
+        """(level, first image, end image) of each points tensor, in batch row order."""
+        blocks = []
+        for level in range(len(self.levels)):
+            first = 0
+            for image in range(1, self.num_images + 1):
+                if image == self.num_images or self.strokes(level, image) != self.strokes(level, first):
+                    blocks.append((level, first, image))
+                    first = image
+        return blocks
+
+    def block_start(self, block: int) -> int:
+        """The batch row of a block's first sketch."""
+        level, first, _ = self.blocks[block]
+        return level * self.rows_per_level + first * self.num_seeds
+
+    def locate(self, row: int) -> tuple[int, int]:
+        """Batch row -> (block, row within the block's tensor)."""
+        for block in range(len(self.blocks) - 1, -1, -1):
+            if row >= self.block_start(block):
+                return block, row - self.block_start(block)
+        raise IndexError(row)
+
+    def where(self, row: int) -> tuple[int, int, int]:
+        """Batch row -> (level, image, seed index)."""
+        level, r = divmod(row, self.rows_per_level)
+        return (level, *divmod(r, self.num_seeds))
 
     @property
     def rows_per_level(self) -> int:
@@ -274,23 +316,73 @@ class Layout:
         return per_level.repeat(len(self.levels)).to(device)
 
 
-def init_points(vit, targets: list, layout: Layout, config: Config, device, control: Control) -> tuple[list, list]:
-    """Per level, (images * seeds, strokes, 4, 2) start strokes on `device`; and per image the start
-    distribution to re-seed collapsed strokes from (reseed_distribution).
+@dataclass
+class StartStrokes:
+    """The strokes a run starts from, besides the sampled ones: per image the given strokes in canvas px
+    (K, 4, 2) float64 (K = 0: none) and which of them are kept fixed (K,) bool."""
+
+    given: list
+    keep: list
+
+    @classmethod
+    def none(cls, num_images: int) -> "StartStrokes":
+        return cls([np.zeros((0, 4, 2))] * num_images, [np.zeros(0, dtype=bool)] * num_images)
+
+
+@dataclass
+class Initial:
+    """Where the optimisation starts, per block of the layout (Layout.blocks)."""
+
+    points: list            # (sketches, strokes, 4, 2) on the device: given strokes first, then sampled ones
+    given: list             # (sketches, strokes) bool, CPU: the strokes given by the caller (never re-seeded)
+    fixed: list             # (sketches, strokes) bool, CPU: given strokes kept as they are (never moved)
+    reseed_from: list       # per image: where a collapsed stroke starts again (reseed_distribution)
+
+
+def init_points(vit, targets: list, layout: Layout, config: Config, device, control: Control,
+                start: StartStrokes, backend: str) -> Initial:
+    """The start strokes of every sketch: the given ones (start), then sampled ones.
 
     Every (image, level, seed) samples from its image's distribution with its own generator
     default_rng(seed): what the reference does for one image at one level, whatever else is batched.
     The distribution is restricted to the photo, config.frame_margin px inside its boundary with the
-    padding (DEVIATION: the boundary is an edge of the framing, not of the picture)."""
+    padding (DEVIATION: the boundary is an edge of the framing, not of the picture), and, for the strokes
+    added to given ones, kept away from where those lie (the drawing there is the designer's)."""
     distributions = []
     for image in targets:
         control.check_cancel()
         distribution = saliency.saliency_map(vit, image.target.to(device), config)[0]
         distributions.append(saliency.inside_photo(distribution, image.photo_box, config.frame_margin))
-    points = [torch.stack([saliency.init_strokes(dist, count, config, np.random.default_rng(seed))
-                           for dist in distributions for seed in config.seeds]).to(device)
-              for count in layout.levels]
-    return points, [reseed_distribution(dist, image) for dist, image in zip(distributions, targets)]
+    for_added = [away_from_strokes(dist, torch.from_numpy(given).float(), config, backend)
+                 for dist, given in zip(distributions, start.given)]
+    points, given_masks, fixed_masks = [], [], []
+    for level, first, end in layout.blocks:
+        rows, given_rows, fixed_rows = [], [], []
+        for image in range(first, end):
+            given = torch.from_numpy(start.given[image]).float()
+            added = layout.levels[level]
+            for seed in config.seeds:
+                rows.append(torch.cat([given, saliency.init_strokes(for_added[image], added, config,
+                                                                    np.random.default_rng(seed))]))
+                given_rows.append(torch.cat([torch.ones(len(given), dtype=torch.bool), torch.zeros(added, dtype=torch.bool)]))
+                fixed_rows.append(torch.cat([torch.from_numpy(start.keep[image]), torch.zeros(added, dtype=torch.bool)]))
+        points.append(torch.stack(rows).to(device))
+        given_masks.append(torch.stack(given_rows))
+        fixed_masks.append(torch.stack(fixed_rows))
+    return Initial(points, given_masks, fixed_masks,
+                   [reseed_distribution(dist, image) for dist, image in zip(distributions, targets)])
+
+
+def away_from_strokes(distribution: np.ndarray, drawn: torch.Tensor, config: Config, backend: str) -> np.ndarray:
+    """The distribution with (almost) nothing within 4 px of the strokes `drawn` (K, 4, 2), renormalised: new
+    strokes start where the drawing still misses the picture. Unchanged when K = 0 or nothing would be left."""
+    if len(drawn) == 0:
+        return distribution
+    with torch.no_grad():
+        ink = raster.render_strokes(drawn[None], config.stroke_half_width, config.canvas_size, backend)
+        near = torch.nn.functional.max_pool2d(1 - ink[:, :1], 9, stride=1, padding=4)[0, 0]
+    missing = distribution * (1 - near.clamp(0, 1).cpu().numpy().astype(np.float64))
+    return missing / missing.sum() if missing.sum() > 0 else distribution
 
 
 def reseed_distribution(distribution: np.ndarray, image) -> np.ndarray:
@@ -310,32 +402,47 @@ def render_all(points: list, config: Config, backend: str) -> torch.Tensor:
 
 
 def optimise_step(points: list, sketches: torch.Tensor, optimizer, loss_fn: CLIPLoss, target_index: torch.Tensor,
-                  generator: torch.Generator, frozen: torch.Tensor | None = None) -> torch.Tensor:
+                  generator: torch.Generator, held: list) -> torch.Tensor:
     """One Adam step on every sketch of the batch; returns the training loss per row (detached).
 
-    The sketches are independent, so the sum's gradient is each sketch's own. `frozen` (rows,) marks
-    sketches that stopped early (None: none did): their points are put back after the step (Adam's momentum would
-    move them even with a zero gradient)."""
+    The sketches are independent, so the sum's gradient is each sketch's own. `held`, per points tensor a
+    (sketches, strokes) bool on the device, marks strokes that must not move (kept start strokes, sketches that
+    stopped early): their gradient is zeroed, so no Adam moment builds up, and their points are put back
+    after the step (a stopped sketch's momentum would move them even with a zero gradient)."""
     per_row, sketch_grad = loss_fn.value_and_grad(sketches, generator, target_index)
     optimizer.zero_grad(set_to_none=True)
     sketches.backward(sketch_grad)          # through the rasterizer to the control points
-    if frozen is None:
-        optimizer.step()
-        return per_row
-    per_level = frozen.split([p.shape[0] for p in points])
-    kept = [p.detach()[f].clone() for p, f in zip(points, per_level)]
+    kept = [p.detach()[h].clone() for p, h in zip(points, held)]
+    with torch.no_grad():
+        for p, h in zip(points, held):
+            p.grad[h] = 0
     optimizer.step()
     with torch.no_grad():
-        for p, f, k in zip(points, per_level, kept):
-            p[f] = k
+        for p, h, k in zip(points, held, kept):
+            p[h] = k
     return per_row
 
 
-def reseed_collapsed(points: list, optimizer, distributions: list, layout: Layout, config: Config, iteration: int,
-                     tracker: "BestOfSeeds", backend: str) -> int:
-    """Strokes that collapsed (shorter than config.min_stroke_length: a dot a designer deletes by hand)
-    start again where the drawing still misses the picture, as vector-graphics optimisers re-initialise
-    dead paths. Returns how many were re-seeded.
+def wasted_strokes(p: torch.Tensor, photo_regions: list, config: Config) -> torch.Tensor:
+    """(sketches, strokes) bool on the CPU for one points tensor: strokes a designer would delete by hand, i.e.
+    collapsed ones (shorter than config.min_stroke_length: a dot) and, with config.reseed_frame_strokes, those
+    lying along the photo's boundary with its padding (a straight line drawing the framing, not the picture).
+    photo_regions: the photo's box on the canvas for each sketch of the tensor."""
+    with torch.no_grad():
+        wasted = (strokes.stroke_lengths(p.detach()) < config.min_stroke_length).cpu()
+    if config.reseed_frame_strokes:
+        curves = p.detach().cpu().numpy()
+        for row, region in enumerate(photo_regions):
+            wasted[row] |= torch.from_numpy(strokes.on_frame(curves[row], region, config.canvas_size))
+    return wasted
+
+
+def reseed_collapsed(points: list, given_masks: list, optimizer, distributions: list, layout: Layout, config: Config,
+                     iteration: int, tracker: "BestOfSeeds", backend: str, photo_regions: list) -> int:
+    """Strokes that collapsed (shorter than config.min_stroke_length: a dot a designer deletes by hand) or lie
+    along the padding's frame (wasted_strokes) start again where the drawing still misses the picture, as
+    vector-graphics optimisers re-initialise dead paths. Returns how many were re-seeded. Given strokes (the
+    designer's, given_masks) are never moved elsewhere.
 
     The new start is drawn from the image's re-seeding distribution (its salient edges), away from where
     the sketch's other strokes already lie, with the generator default_rng((seed, iteration, strokes)):
@@ -344,29 +451,24 @@ def reseed_collapsed(points: list, optimizer, distributions: list, layout: Layou
     uncorrected early steps). A re-seeded sketch's best iterate starts anew at this iteration, so that
     the drawing returned is one without the dot."""
     reseeded = 0
-    for level, p in enumerate(points):
-        with torch.no_grad():
-            dead = (strokes.stroke_lengths(p.detach()) < config.min_stroke_length).cpu()
-        rows = dead.any(dim=1).nonzero().flatten().tolist()
+    for block, (p, given) in enumerate(zip(points, given_masks)):
+        first_row = layout.block_start(block)
+        images = [layout.where(first_row + r)[1] for r in range(p.shape[0])]
+        dead = wasted_strokes(p, [photo_regions[image] for image in images], config) & ~given
         state = optimizer.state.get(p, {})
-        for row in rows:
-            image, seed_index = divmod(row, layout.num_seeds)
+        for row in dead.any(dim=1).nonzero().flatten().tolist():
+            level, image, seed_index = layout.where(first_row + row)
             alive, gone = (~dead[row]).nonzero().flatten().to(p.device), dead[row].nonzero().flatten().to(p.device)
-            with torch.no_grad():   # within 4 px of the sketch's other strokes
-                drawn = raster.render_strokes(p.detach()[row:row + 1, alive], config.stroke_half_width,
-                                              config.canvas_size, backend) if len(alive) else torch.ones(1, 1, 1, 1)
-                near = torch.nn.functional.max_pool2d(1 - drawn[:, :1], 9, stride=1, padding=4)[0, 0]
-            missing = distributions[image] * (1 - near.clamp(0, 1).cpu().numpy().astype(np.float64))
-            where = missing if missing.sum() > 0 else distributions[image]
+            where = away_from_strokes(distributions[image], p.detach()[row, alive], config, backend)
             rng = np.random.default_rng((config.seeds[seed_index], iteration, layout.levels[level]))
-            fresh = saliency.init_strokes(where / where.sum(), len(gone), config, rng).to(p)
+            fresh = saliency.init_strokes(where, len(gone), config, rng).to(p)
             with torch.no_grad():
                 p[row, gone] = fresh
                 if "exp_avg" in state:
                     state["exp_avg"][row, gone] = 0
                     typical = state["exp_avg_sq"][row, alive].mean(dim=0) if len(alive) else 0
                     state["exp_avg_sq"][row, gone] = typical
-            tracker.restart(level * layout.rows_per_level + row)
+            tracker.restart(first_row + row)
             reseeded += len(gone)
     return reseeded
 
@@ -412,8 +514,8 @@ class BestOfSeeds:
         return rows.start + int(torch.argmin(self.loss[rows]))
 
     def best_points(self, layout: Layout, row: int) -> torch.Tensor:
-        level, r = divmod(row, layout.rows_per_level)
-        return self.points[level][r]
+        block, r = layout.locate(row)
+        return self.points[block][r]
 
 
 @dataclass
@@ -425,10 +527,11 @@ class Optimised:
     reseeded: int = 0                     # collapsed strokes started again (all jobs)
 
 
-def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime,
-             control: Control, distributions: list) -> Optimised:
+def optimise(initial: Initial, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime,
+             control: Control) -> Optimised:
     """Adam on every sketch at once until the last iteration, early stop of every row, or finish."""
-    device, total = runtime.device, config.num_iterations
+    device, total, points = runtime.device, config.num_iterations, initial.points
+    fixed = [f.to(device) for f in initial.fixed]
     target_index = layout.target_index(device)
     for p in points:
         p.requires_grad_(True)
@@ -454,16 +557,17 @@ def optimise(points: list, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
             break
         if (iteration % config.eval_every == 0 and 0 < iteration < config.reseed_until * total
                 and config.min_stroke_length > 0):
-            reseeds += reseed_collapsed(points, optimizer, distributions, layout, config, iteration, tracker,
-                                        runtime.backend)
+            reseeds += reseed_collapsed(points, initial.given, optimizer, initial.reseed_from, layout, config,
+                                        iteration, tracker, runtime.backend, [image.photo_region for image in loaded])
         sketches = render_all(points, config, runtime.backend)
         if iteration % config.eval_every == 0:
             evaluate(iteration, sketches)
             evaluated_at = iteration
             if not tracker.active.any():
                 break
-        frozen = None if tracker.active.all() else ~tracker.active.to(device)
-        per_row = optimise_step(points, sketches, optimizer, loss_fn, target_index, generator, frozen)
+        stopped = (~tracker.active.to(device)).split([p.shape[0] for p in points])
+        held = [f | s[:, None] for f, s in zip(fixed, stopped)]
+        per_row = optimise_step(points, sketches, optimizer, loss_fn, target_index, generator, held)
         loss_log.append(per_row)
         if fetch_every_step or iteration == 0 or (iteration + 1) % config.eval_every == 0:
             last_loss = float(per_row.mean())
@@ -520,7 +624,17 @@ def stroke_importance(points: torch.Tensor, full_loss: float, loss_fn: CLIPLoss,
 DOT_LENGTH = 5.0   # canvas px: a stroke shorter than this reads as a dot, not a line (what Sketch counts)
 
 
-def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime) -> list:
+def as_given(chosen: torch.Tensor, given: np.ndarray) -> np.ndarray:
+    """The chosen strokes (N, 4, 2) in float64, where each given stroke that did not move (kept, or no step
+    taken) is the caller's own float64 numbers: a round trip through the engine is exact."""
+    points = chosen.cpu().numpy().astype(np.float64)
+    unmoved = (chosen[:len(given)].cpu() == torch.from_numpy(given).float()).flatten(1).all(dim=1).numpy()
+    points[:len(given)][unmoved] = given[unmoved]
+    return points
+
+
+def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, config: Config, runtime: Runtime,
+           start: StartStrokes) -> list:
     """result[image][level]: each job's best seed, strokes most important first."""
     tracker = run.tracker
     results = [[None] * len(layout.levels) for _ in range(layout.num_images)]
@@ -531,8 +645,9 @@ def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
         with torch.no_grad():
             importance = stroke_importance(chosen, float(tracker.loss[row]), loss_fn, image, config, runtime.backend)
         order = torch.argsort(importance, descending=True, stable=True)
+        keep = start.keep[image]
         results[image][level] = Sketch(
-            points=chosen.cpu()[order].numpy().astype(np.float64),
+            points=as_given(chosen, start.given[image])[order.numpy()],
             stroke_width=config.stroke_width,
             canvas_size=config.canvas_size,
             image_size=tuple(loaded[image].image_size),
@@ -554,6 +669,7 @@ def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
             short_strokes=int((strokes.stroke_lengths(chosen) < DOT_LENGTH).sum()),
             frame_strokes=int(strokes.on_frame(chosen.cpu().numpy(), loaded[image].photo_region,
                                                config.canvas_size).sum()),
+            kept=[i for i, k in enumerate(order.tolist()) if k < len(keep) and keep[k]],
         )
     return results
 
@@ -563,7 +679,7 @@ def finish(run: Optimised, loss_fn: CLIPLoss, layout: Layout, loaded: list, conf
 def sketch_many(images, config: Config | None = None, levels=None, *, runtime: Runtime | None = None,
                 names=None, crops=None, on_progress: ProgressCallback | None = None,
                 should_stop: Callable[[], bool] | None = None, should_finish: Callable[[], bool] | None = None,
-                loaded_models: dict | None = None) -> list:
+                loaded_models: dict | None = None, start_strokes=None, keep_start=False) -> list:
     """Draw every image at every stroke count in `levels` in one batched run; returns result[i][j].
 
     images: paths, bytes, PIL images, arrays or imageio.LoadedImage. levels: stroke counts (default
@@ -571,17 +687,21 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
     rectangle to draw (None = whole image). runtime: from prepare(), to reuse loaded models.
     on_progress receives wire events (status, notice, progress, preview) and may return "finish";
     should_stop() -> True raises Cancelled; should_finish() -> True keeps the best so far.
+    start_strokes: per image None or (K, 4, 2) control points in canvas px to start from (svgpaths reads them
+    from an SVG); the levels then count the strokes ADDED to them (0 = only refine them). keep_start: True
+    keeps every given stroke as it is (rendered, never moved: the added strokes draw around it), or per
+    image a bool or a (K,) bool mask; Sketch.kept says where the kept strokes are in the result.
     """
     config = (config or make_config()).validate()
     images = list(images)
     levels = tuple(int(n) for n in (levels or [config.num_strokes]))
-    for n in levels:
-        config.replace(num_strokes=n).validate()
     names = list(names or [None] * len(images))
     crops = list(crops or [None] * len(images))
     if len(names) != len(images) or len(crops) != len(images):
         raise EngineError("bad_argument", f"{len(images)} image(s) but {len(names)} name(s) and {len(crops)} "
                                           "crop(s): give one per image (None for the default).")
+    start = start_strokes_per_image(start_strokes, keep_start, len(images))
+    check_stroke_counts(levels, start, names, config)
     if not images:
         return []
     control = Control(on_progress, should_stop, should_finish)
@@ -606,8 +726,9 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
         timings["image"] += time.perf_counter() - t
 
         t = control.status("init", "Placing the first strokes")
-        layout = Layout(len(loaded), levels, config.num_seeds)
-        points, starts = init_points(runtime.model("ViT-B-32", config), loaded, layout, config, runtime.device, control)
+        layout = Layout(len(loaded), levels, config.num_seeds, tuple(len(given) for given in start.given))
+        initial = init_points(runtime.model("ViT-B-32", config), loaded, layout, config, runtime.device, control,
+                              start, runtime.backend)
         if runtime.single_use:   # the ViT (~350 MB) and U^2-Net are done: free them before the loop
             runtime.models.pop("ViT-B-32", None)
             runtime.models.pop("u2net", None)
@@ -616,12 +737,12 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
         t = control.status("optimise", "Drawing")
         targets = torch.cat([image.target for image in loaded]).to(runtime.device)
         loss_fn = CLIPLoss(runtime.model("RN101", config), targets, config)
-        run = optimise(points, loss_fn, layout, loaded, config, runtime, control, starts)
+        run = optimise(initial, loss_fn, layout, loaded, config, runtime, control)
         timings["optimise"] = time.perf_counter() - t
         timings["per_iteration"] = timings["optimise"] / max(1, run.iterations)
 
         t = control.status("order", "Ordering strokes by importance")
-        results = finish(run, loss_fn, layout, loaded, config, runtime)
+        results = finish(run, loss_fn, layout, loaded, config, runtime, start)
         timings["order"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         for result in (r for row in results for r in row):
@@ -635,6 +756,44 @@ def sketch_many(images, config: Config | None = None, levels=None, *, runtime: R
                                                f"{config.num_seeds} seed(s): use fewer seeds, levels or images "
                                                f"at once{elsewhere}.") from exc
         raise
+
+
+def start_strokes_per_image(start_strokes, keep_start, num_images: int) -> StartStrokes:
+    """sketch_many's start_strokes / keep_start, checked (bad_argument), as a StartStrokes."""
+    if start_strokes is None:
+        return StartStrokes.none(num_images)
+    start_strokes = list(start_strokes)
+    if len(start_strokes) != num_images:
+        raise EngineError("bad_argument", f"{num_images} image(s) but {len(start_strokes)} start stroke sets: give "
+                                          "one per image (None for none).")
+    keeps = list(keep_start) if isinstance(keep_start, (list, tuple)) else [keep_start] * num_images
+    if len(keeps) != num_images:
+        raise EngineError("bad_argument", f"{num_images} image(s) but {len(keeps)} keep_start values.")
+    given, keep = [], []
+    for i, (points, kept) in enumerate(zip(start_strokes, keeps)):
+        points = np.zeros((0, 4, 2)) if points is None else np.asarray(points, dtype=np.float64)
+        if points.ndim != 3 or points.shape[1:] != (4, 2) or not np.isfinite(points).all():
+            raise EngineError("bad_argument", f"Start strokes of image {i + 1} must be finite (K, 4, 2) control "
+                                              f"points in canvas px (got shape {points.shape}).")
+        mask = np.broadcast_to(np.asarray(bool(kept) if np.ndim(kept) == 0 else kept, dtype=bool), (len(points),))
+        given.append(points)
+        keep.append(np.array(mask))
+    return StartStrokes(given, keep)
+
+
+def check_stroke_counts(levels: tuple, start: StartStrokes, names: list, config: Config) -> None:
+    """Every job draws 1 to 1024 strokes, of which at least one moves (bad_argument otherwise)."""
+    for n in levels:
+        config.replace(num_strokes=n).validate()
+    for i, (given, keep) in enumerate(zip(start.given, start.keep)):
+        name = names[i] or f"image {i + 1}"
+        for n in levels:
+            if len(given) + n > 1024:
+                raise EngineError("bad_argument", f"{name}: {len(given)} start strokes + {n} new ones is more than "
+                                                  "1024 strokes.")
+            if n + int((~keep).sum()) == 0:
+                raise EngineError("bad_argument", f"Nothing to draw for {name}: ask for 1 stroke or more"
+                                                  + (" to add to the kept ones." if len(given) else "."))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -651,8 +810,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def sketch(image, config: Config | None = None, *, on_progress: ProgressCallback | None = None,
            should_stop: Callable[[], bool] | None = None, should_finish: Callable[[], bool] | None = None,
            loaded_models: dict | None = None, runtime: Runtime | None = None, name: str | None = None,
-           crop=None, **overrides) -> Sketch:
-    """Draw one image (path, bytes, PIL image or array) as config.num_strokes cubic strokes.
+           crop=None, start_strokes=None, keep_start=False, **overrides) -> Sketch:
+    """Draw one image (path, bytes, PIL image or array) as config.num_strokes cubic strokes (added to
+    start_strokes, (K, 4, 2) canvas px, when given; keep_start: True or a (K,) mask keeps them fixed).
 
     Overrides are Config fields (e.g. num_strokes=8), applied on top of `config` or the paper preset;
     an unknown one is a bad_argument error. See sketch_many for the rest."""
@@ -660,4 +820,5 @@ def sketch(image, config: Config | None = None, *, on_progress: ProgressCallback
     config = (config or make_config()).replace(**{k: v for k, v in overrides.items() if v is not None})
     return sketch_many([image], config, [config.num_strokes], runtime=runtime, names=[name], crops=[crop],
                        on_progress=on_progress, should_stop=should_stop, should_finish=should_finish,
-                       loaded_models=loaded_models)[0][0]
+                       loaded_models=loaded_models, start_strokes=None if start_strokes is None else [start_strokes],
+                       keep_start=keep_start)[0][0]

@@ -22,7 +22,9 @@ Events, engine -> caller (fields beyond "event"):
             seed, loss, points (N x 4 x 2, canvas px, most important first), importance,
             iteration (steps done), finished_early, timings,
             reseeded (collapsed strokes started again during the run), short_strokes (strokes under 5 canvas
-            px in the result), frame_strokes (strokes along the photo's boundary with its padding)
+            px in the result), frame_strokes (strokes along the photo's boundary with its padding),
+            kept (indices into points of the --start-from strokes kept as given with --keep-start; [] when none;
+            "strokes" counts the strokes drawn besides the start ones)
             (one per job, all emitted after the optimisation ends; image_size and canvas_to_image
              refer to the whole input file even when --crop sent only part of it)
   done      results, finished_early      (the last event of a successful run; exit status 0)

@@ -32,7 +32,7 @@ def test_overrides_win_and_none_is_ignored():
     assert c.num_strokes == 8 and c.num_iterations == PRESETS["fast"]["num_iterations"]
 
 
-@pytest.mark.parametrize("knobs", [dict(num_strokes=0), dict(num_seeds=0), dict(device="tpu"),
+@pytest.mark.parametrize("knobs", [dict(num_strokes=-1), dict(num_strokes=1025), dict(num_seeds=0), dict(device="tpu"),
                                    dict(backend="cairo"), dict(num_iterations=-1), dict(colour="red")])
 def test_bad_values_are_bad_argument(knobs):
     with pytest.raises(EngineError) as err:

@@ -57,7 +57,8 @@ def test_a_short_run_lowers_the_loss_and_draws_on_the_edges(photo, margin, reque
     assert result.loss <= (1 - margin) * start_loss, (result.loss, start_loss)
     edges = strokes.edge_map(loaded.target, loaded.photo_box)
     start = sketcher.init_points(runtime.models["ViT-B-32"], [loaded], sketcher.Layout(1, (12,), 1), config,
-                                 runtime.device, sketcher.Control())[0][0][0].numpy()
+                                 runtime.device, sketcher.Control(), sketcher.StartStrokes.none(1),
+                                 "torch").points[0][0].numpy()
     assert strokes.edge_alignment(result.points, edges) > strokes.edge_alignment(start, edges) + 0.05
 
 
@@ -92,8 +93,8 @@ def test_no_start_stroke_on_the_frame_of_a_padded_photo(coffee, runtime):
     assert distribution[near_frame].sum() > 0.01            # unrestricted, the frame does attract strokes
     restricted = saliency.inside_photo(distribution, loaded.photo_box, config.frame_margin)
     assert restricted[near_frame].sum() == 0 and restricted.sum() == pytest.approx(1.0)
-    points, _ = sketcher.init_points(runtime.models["ViT-B-32"], [loaded], sketcher.Layout(1, (32,), 3), config,
-                                     runtime.device, sketcher.Control())
+    points = sketcher.init_points(runtime.models["ViT-B-32"], [loaded], sketcher.Layout(1, (32,), 3), config,
+                                  runtime.device, sketcher.Control(), sketcher.StartStrokes.none(1), "torch").points
     assert not strokes.on_frame(points[0].reshape(-1, 4, 2).numpy(), loaded.photo_box, 224).any()
 
 

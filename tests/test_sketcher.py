@@ -135,16 +135,38 @@ def test_a_stopped_seed_is_frozen_even_though_adam_has_momentum():
             loss.sum().backward()
             return loss.detach(), x.grad
 
-    def step(frozen):
+    def step(held):
         sketches = sketcher.render_all(points, make_config(), "torch")
-        sketcher.optimise_step(points, sketches, optimizer, DarkerOnTheRight(), None, None, frozen)
+        sketcher.optimise_step(points, sketches, optimizer, DarkerOnTheRight(), None, None, [torch.tensor(held)])
 
-    step(None)
+    step([[False], [False]])
     before = points[0].detach().clone()
-    step(torch.tensor([True, False]))
+    step([[True], [False]])
     after = points[0].detach()
     assert torch.equal(after[0], before[0])              # frozen: not moved by the momentum
     assert (after[1] - before[1]).abs().max() > 0.1      # the other seed still learns
+
+
+def test_a_kept_stroke_never_moves_and_builds_no_momentum():
+    start = torch.tensor([[[20.0, 20], [40, 60], [80, 40], [100, 100]], [[30.0, 150], [60, 170], [90, 150], [120, 170]]])
+    points = [start[None].clone().requires_grad_(True)]          # 1 sketch, 2 strokes: the first kept
+    optimizer = torch.optim.Adam(points, lr=1.0)
+    held = [torch.tensor([[True, False]])]
+
+    class DarkerOnTheRight:
+        def value_and_grad(self, sketches, generator, target_index):
+            x = sketches.detach().requires_grad_(True)
+            loss = (x * torch.linspace(0, 1, 224)).mean(dim=(1, 2, 3))
+            loss.sum().backward()
+            return loss.detach(), x.grad
+
+    for _ in range(20):
+        sketcher.optimise_step(points, sketcher.render_all(points, make_config(), "torch"), optimizer,
+                               DarkerOnTheRight(), None, None, held)
+    assert torch.equal(points[0][0, 0].detach(), start[0])                     # byte-identical
+    assert (points[0][0, 1].detach() - start[1]).abs().max() > 5               # the other one moved
+    state = optimizer.state[points[0]]
+    assert not state["exp_avg"][0, 0].any() and not state["exp_avg_sq"][0, 0].any()   # no momentum to release
 
 
 def test_early_stop_rule_is_the_original_codes():
