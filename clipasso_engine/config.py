@@ -13,42 +13,63 @@ from .errors import EngineError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# What we do differently from the reference, on purpose. Each entry: (knob, what and why).
+# What we do differently from the reference, on purpose. Each entry: (name, what and why). The name is the Config
+# field that switches it, except for the FIXED ones: what they change is no number of the drawing (the same
+# gradients, the order strokes are written in) or is the project's own way of doing what the reference leaves to
+# chance, so there is nothing to switch back to. The README and docs/ALGORITHM.md list them by these names.
 DEVIATIONS = [
-    ("pad_to_square", "non-square images are padded with white instead of stretched, so the sketch keeps the "
-                      "photo's proportions; the canvas -> image map stays exact (stretch=True restores the reference)"),
+    ("pad_to_square", "non-square images are padded instead of stretched, so the sketch keeps the photo's "
+                      "proportions; the canvas -> image map stays exact (False, --stretch: the reference)"),
     ("num_iterations", "2000 optimiser steps (the reference's loop is range(2001)); evals at 0, 10, ..., 2000 "
                        "are the same"),
-    ("seeds", "seeds, stroke counts (levels) and images are optimised together in one batch instead of one "
-              "after another; each sketch keeps its own start strokes (its seed's generator), Adam moments and "
-              "target, the augmentations are drawn once per iteration and shared by all (the target views "
-              "are then computed once, not per sketch)"),
-    ("best iterate", "the saved best strokes are exactly the evaluated ones (the reference saves them one "
-                     "optimiser step later)"),
-    ("clip frozen", "CLIP is frozen in eval mode, the clean target view is computed once and target views never "
-                    "build a graph: identical gradients, a fraction of the work"),
-    ("stroke order", "strokes are written most important first (by how much the clean-view loss rises without "
-                     "each); the reference writes them in sampling order"),
+    ("preset", "fast and balanced trade the reference's 2000 steps x 3 seeds x 4 views for fewer, measured on a "
+               "trained network; they also never stop early and take any decrease as a new best "
+               "(early_stop=False, best_min_improvement=0); paper is the reference"),
+    ("batched_sketches", "FIXED: seeds, stroke counts (levels) and images are optimised together in one batch "
+                         "instead of one after another; each sketch keeps its own start strokes, Adam moments and "
+                         "target, the augmentations are drawn once per iteration and shared by all (the loss is a "
+                         "sum of independent terms: each sketch's gradient is its own)"),
+    ("seed_streams", "FIXED: each sketch draws its start strokes from its own generator default_rng(seed), not "
+                     "from the reference's global numpy state: the same seed number gives other start strokes "
+                     "than the reference, drawn from the same distribution"),
+    ("best_iterate", "FIXED: the saved best strokes are exactly the evaluated ones (the reference saves them one "
+                     "optimiser step later, an off-by-one)"),
+    ("frozen_clip", "FIXED: CLIP is frozen in eval mode, the clean target view is computed once and target views "
+                    "never build a graph: identical gradients, a fraction of the work"),
+    ("stroke_order", "FIXED: strokes are written most important first (by how much the clean-view loss rises "
+                     "without each); the reference writes them in sampling order"),
+    ("mask_on_canvas", "FIXED: background removal (mask_background, off) runs U^2-Net on the canvas image "
+                       "upscaled to 320 px rather than on the full-size photo"),
     ("augment_pool", "fast and balanced presets: each iteration's augmentations are drawn from a pool of 32 "
                      "transforms drawn once, whose target views are computed once (~1.3x faster per iteration "
-                     "on the CPU); the paper preset draws fresh ones every iteration, as the reference"),
-    ("batchnorm folded", "RN101's BatchNorms are folded into its convolutions at load time: the same function "
-                         "to float rounding, faster and with fewer saved activations"),
-    ("precision", "on CUDA CLIP runs under fp16 autocast (the reference runs CLIP in fp16 on a GPU); fp32 on the CPU"),
+                     "on the CPU); 0 (paper) draws fresh ones every iteration, as the reference"),
+    ("fold_batchnorm", "RN101's BatchNorms are folded into its convolutions at load time: the same function "
+                       "to float32 rounding, faster and with fewer saved activations (False: as loaded)"),
+    ("channels_last", "RN101 runs in channels-last memory layout: ~1.1x faster on the CPU, the same function, "
+                      "other float32 rounding (False: the default layout)"),
+    ("clip_chunk", "views go through CLIP's forward and backward a few images at a time (4 on the CPU): less "
+                   "memory, the same function, other float32 rounding (a large number: all at once)"),
+    ("precision", "on CUDA CLIP runs under fp16 autocast (the reference runs CLIP in fp16 on a GPU); fp32 on the "
+                  "CPU; 'fp32' everywhere is selectable"),
+    ("fp16_loss_scale", "under fp16 autocast the backward runs on the loss x 1024 and the gradient is divided "
+                        "back, so gradients under fp16's ~6e-8 survive (the reference's fp16 CLIP has no scaling; "
+                        "1 = none)"),
     ("soft_padding", "the padding continues the photo's blurred border and fades to white (12 px), instead of "
                      "plain white: the boundary between photo and padding is then no edge for CLIP to draw as a "
                      "straight line across the sketch (0 restores white padding)"),
     ("frame_margin", "start strokes are sampled only inside the photo, 6 px away from its boundary with the "
-                     "padding (the reference samples the whole canvas; with padding its frame is an edge)"),
+                     "padding (the reference samples the whole canvas; with padding its frame is an edge; 0: "
+                     "the whole photo)"),
     ("min_stroke_length", "fast and balanced: a stroke that collapses below 5 px (a dot) is re-seeded where the "
                           "drawing still misses the picture, during the first 85 % of the run (0 = never, paper)"),
     ("reseed_frame_strokes", "fast and balanced: a stroke lying along the photo's boundary with its padding (half "
                              "its curve within 3 px of it) is re-seeded like a dot; the soft padding and the start "
                              "strokes' margin leave few, this takes the last ones (False keeps them)"),
-    ("rasterizer", "a pure-PyTorch analytic-coverage rasterizer instead of diffvg's 2x2 stratified samples "
-                   "(closer to diffvg's own 16x16 render and gradient than diffvg at 2x2); diffvg is used when "
-                   "pydiffvg imports and backend='diffvg' or 'auto'"),
+    ("backend", "a pure-PyTorch analytic-coverage rasterizer instead of diffvg's 2x2 stratified samples "
+                "(closer to diffvg's own 16x16 render and gradient than diffvg at 2x2); diffvg is used when "
+                "pydiffvg imports and backend='diffvg' or 'auto'"),
 ]
+FIXED_DEVIATIONS = {name for name, why in DEVIATIONS if why.startswith("FIXED: ")}
 
 
 @dataclass(frozen=True)
@@ -88,11 +109,16 @@ class Config:
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-8
     eval_every: int = 10             # clean-view loss without grad; keep the best iterate per seed
-    early_stop: bool = False         # original: stop at the 2nd eval within 1e-5 of the best; SVGRender: never
-    early_stop_tolerance: float = 1e-5
+    early_stop: bool = True          # the original code's rule: stop at the 2nd evaluation since the last new best
+                                     #   within 1e-5 of it (fast/balanced: never, DEVIATION; SVGRender never stops)
+    early_stop_tolerance: float = 1e-5   # the original's min_delta: an evaluation this close to the best is settled
+    best_min_improvement: float = 1e-5   # the original's min_delta: a new best must be lower by more than this
+                                         #   (fast/balanced 0, DEVIATION: any decrease is a new best)
     min_stroke_length: float = 0.0   # fast/balanced 5 (DEVIATION): a stroke shorter than this (canvas px) has
                                      #   collapsed to a dot: re-seed it where the drawing misses the picture
                                      #   (0 = never, the reference)
+    new_stroke_clearance: float = 4.0  # re-seeded strokes, and strokes added to given ones, start at least this far
+                                       #   (px) from the sketch's other strokes: where the drawing misses the picture
     reseed_frame_strokes: bool = True  # DEVIATION (when re-seeding): a stroke lying along the photo's boundary with
                                        #   its padding draws the framing, not the picture: re-seed it too
     reseed_until: float = 0.85       # re-seed only in the first 85 % of the iterations, so the last ones settle
@@ -110,10 +136,17 @@ class Config:
     device: str = "auto"             # auto = cuda, then mps, then cpu
     backend: str = "auto"            # rasterizer: auto = diffvg when pydiffvg imports, else torch
     threads: int = 0                 # CPU threads for torch; 0 = torch's default
-    channels_last: bool = True       # ~1.1x faster RN101 on CPU, same numbers
-    clip_chunk: int = 0              # images per CLIP forward+backward (0 = all views at once); fewer = less
-                                     #   memory, same numbers; 0 picks by device (sketcher.default_clip_chunk)
+    fold_batchnorm: bool = True      # DEVIATION: RN101's BatchNorms folded into its convolutions at load: the same
+                                     #   function to float32 rounding (1e-5 relative), faster, fewer saved activations
+    channels_last: bool = True       # DEVIATION: ~1.1x faster RN101 on CPU; the same function, float32 rounding
+                                     #   changes (~1e-6 in the loss)
+    clip_chunk: int = 0              # DEVIATION: images per CLIP forward+backward; fewer = less memory, the same
+                                     #   function to float32 rounding; 0 picks by device (sketcher.default_clip_chunk:
+                                     #   4 on the CPU, all views at once on a GPU)
     precision: str = "auto"          # CLIP's precision: auto = fp16 autocast on CUDA (as the reference), fp32 on CPU
+    fp16_loss_scale: float = 1024.0  # DEVIATION: under fp16 autocast the backward runs on loss x this and the
+                                     #   gradient is divided back: fp16 loses gradients under ~6e-8 (the reference's
+                                     #   fp16 CLIP has no scaling)
     models_dir: str | None = None    # folder of local weights files (air-gapped studios); None = cache
 
     preset: str = "paper"
@@ -153,12 +186,14 @@ class Config:
                 f"as the reference (got {tuple(self.conv_layer_weights)}).")
         if self.threads < 0:
             bad(f"Threads must be 0 (one per core) or more (got {self.threads}).")
-        if min(self.soft_padding, self.frame_margin, self.min_stroke_length) < 0:
-            bad("soft_padding, frame_margin and min_stroke_length must be 0 or more.")
+        if min(self.soft_padding, self.frame_margin, self.min_stroke_length, self.new_stroke_clearance) < 0:
+            bad("soft_padding, frame_margin, min_stroke_length and new_stroke_clearance must be 0 or more.")
         if not 0 <= self.reseed_until <= 1:
             bad(f"reseed_until must be between 0 and 1 (got {self.reseed_until}).")
         if self.augment_pool < 0 or self.clip_chunk < 0:
             bad("augment_pool and clip_chunk must be 0 or more.")
+        if min(self.early_stop_tolerance, self.best_min_improvement) < 0 or self.fp16_loss_scale <= 0:
+            bad("early_stop_tolerance and best_min_improvement must be 0 or more, fp16_loss_scale more than 0.")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             bad(f"Precision must be auto, fp32, fp16 or bf16 (got {self.precision!r}).")
         if self.backend not in ("auto", "torch", "diffvg"):
@@ -180,10 +215,12 @@ PRESETS = {
     "balanced": dict(
         doc="1 seed, 1000 iterations, 2 augmented views, dots re-seeded: close to the paper in a tenth of its time",
         num_iterations=1000, num_seeds=1, num_augs=2, augment_pool=32, min_stroke_length=5.0,
+        early_stop=False, best_min_improvement=0.0,
     ),
     "fast": dict(
         doc="1 seed, 250 iterations, 1 augmented view, dots re-seeded: a formed drawing in 1-2 minutes on a 2-core CPU",
         num_iterations=250, num_seeds=1, num_augs=1, augment_pool=32, min_stroke_length=5.0,
+        early_stop=False, best_min_improvement=0.0,
     ),
 }
 

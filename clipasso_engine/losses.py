@@ -72,7 +72,6 @@ def augment(images: torch.Tensor, config: Config, generator: torch.Generator) ->
 
 # --- the loss -------------------------------------------------------------------------------------
 
-FP16_LOSS_SCALE = 1024.0   # static loss scale under fp16 autocast (CUDA): keeps small gradients representable
 
 
 class CLIPLoss:
@@ -187,7 +186,7 @@ class CLIPLoss:
         chunk = self.config.clip_chunk or len(views) * leaf.shape[0]
         per_chunk = max(1, chunk // leaf.shape[0])
         # fp16's backward loses gradients under ~6e-8: scale the loss up, the gradient back down (exact in fp32)
-        scale = FP16_LOSS_SCALE if clip.autocast_dtype(self.device, self.config.precision) == torch.float16 else 1.0
+        scale = self.config.fp16_loss_scale if clip.autocast_dtype(self.device, self.config.precision) == torch.float16 else 1.0
         total = torch.zeros(leaf.shape[0], device=leaf.device)
         for i in range(0, len(views), per_chunk):
             part = self._views_loss(leaf, views[i:i + per_chunk], len(views), index)

@@ -433,7 +433,7 @@ def load_clip(name: str, config, device="cpu") -> torch.nn.Module:
     visual = build_clip_visual(name)
     _load_strict(visual, state, path, f"CLIP {name} image-tower")
     visual = _frozen(visual, device)
-    if name == "RN101":   # the loss model: BatchNorm folded into its convolutions (faster, less memory)
+    if name == "RN101" and config.fold_batchnorm:   # the loss model: BatchNorm folded (faster, less memory)
         from .clip import fold_batchnorm
         fold_batchnorm(visual)
     return visual

@@ -344,7 +344,9 @@ def init_points(vit, targets: list, layout: Layout, config: Config, device, cont
     """The start strokes of every sketch: the given ones (start), then sampled ones.
 
     Every (image, level, seed) samples from its image's distribution with its own generator
-    default_rng(seed): what the reference does for one image at one level, whatever else is batched.
+    default_rng(seed), so a sketch starts the same whatever else is batched (the project's own random stream:
+    the reference draws from numpy's global state, so the same seed number gives other start strokes there;
+    config.DEVIATIONS, seed_streams).
     The distribution is restricted to the photo, config.frame_margin px inside its boundary with the
     padding (DEVIATION: the boundary is an edge of the framing, not of the picture), and, for the strokes
     added to given ones, kept away from where those lie (the drawing there is the designer's)."""
@@ -374,13 +376,15 @@ def init_points(vit, targets: list, layout: Layout, config: Config, device, cont
 
 
 def away_from_strokes(distribution: np.ndarray, drawn: torch.Tensor, config: Config, backend: str) -> np.ndarray:
-    """The distribution with (almost) nothing within 4 px of the strokes `drawn` (K, 4, 2), renormalised: new
-    strokes start where the drawing still misses the picture. Unchanged when K = 0 or nothing would be left."""
-    if len(drawn) == 0:
+    """The distribution with (almost) nothing within config.new_stroke_clearance px of the strokes `drawn`
+    (K, 4, 2), renormalised: new strokes start where the drawing still misses the picture. Unchanged when
+    K = 0, the clearance is 0, or nothing would be left."""
+    reach = int(round(config.new_stroke_clearance))
+    if len(drawn) == 0 or reach == 0:
         return distribution
     with torch.no_grad():
         ink = raster.render_strokes(drawn[None], config.stroke_half_width, config.canvas_size, backend)
-        near = torch.nn.functional.max_pool2d(1 - ink[:, :1], 9, stride=1, padding=4)[0, 0]
+        near = torch.nn.functional.max_pool2d(1 - ink[:, :1], 2 * reach + 1, stride=1, padding=reach)[0, 0]
     missing = distribution * (1 - near.clamp(0, 1).cpu().numpy().astype(np.float64))
     return missing / missing.sum() if missing.sum() > 0 else distribution
 
@@ -476,13 +480,15 @@ def reseed_collapsed(points: list, given_masks: list, optimizer, distributions: 
 class BestOfSeeds:
     """Per batch row: the best clean-view loss so far, the points that gave it, when, and early stop.
 
-    Early stop is the original code's rule (config.early_stop): a row stops at its second evaluation
-    within tolerance of its best with no real improvement in between; a stopped row is frozen."""
+    The original code's rules (painterly_rendering.py, min_delta 1e-5): an evaluation is a new best when it is
+    lower than the best by more than config.best_min_improvement; with config.early_stop a row stops at the
+    second evaluation since its last new best that lies within config.early_stop_tolerance of the best (not
+    necessarily consecutive ones), and a stopped row is frozen."""
 
     def __init__(self, points: list, config: Config):
         rows = sum(p.shape[0] for p in points)
         self.config = config
-        self.loss = torch.full((rows,), float("inf"))
+        self.loss = torch.full((rows,), float("inf"), dtype=torch.float64)   # compared as the original's Python floats
         self.points = [p.detach().clone() for p in points]
         self.iteration = torch.zeros(rows, dtype=torch.long)
         self.active = torch.ones(rows, dtype=torch.bool)
@@ -492,7 +498,8 @@ class BestOfSeeds:
     def update(self, iteration: int, clean: torch.Tensor, points: list) -> None:
         """clean: (rows,) clean-view loss of `points` at `iteration` (CPU)."""
         self.history.append((iteration, clean.tolist()))
-        better = (clean < self.loss) & self.active
+        clean = clean.double()
+        better = (clean < self.loss - self.config.best_min_improvement) & self.active
         near = ((clean - self.loss).abs() <= self.config.early_stop_tolerance) & self.active
         for best, current, take in zip(self.points, points, better.split([b.shape[0] for b in self.points])):
             take = take.to(best.device)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from clipasso_engine.config import DEVIATIONS, Config
+from clipasso_engine.config import DEVIATIONS, FIXED_DEVIATIONS, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHM = ROOT / "docs/ALGORITHM.md"
+README = ROOT / "README.md"
 DOCS = ("docs/ALGORITHM.md", "docs/STACK.md")
 
 
@@ -52,6 +53,23 @@ def test_every_deviation_is_explained():
                                           f"{sorted(set(in_code) - explained)} (config.DEVIATIONS)")
     assert not explained - set(in_code), (f"docs/ALGORITHM.md, Deviations: {sorted(explained - set(in_code))} "
                                           "are not in config.DEVIATIONS")
+
+
+def test_every_deviation_is_a_switch_or_says_why_not():
+    field_names = {f.name for f in fields(Config)}
+    neither = [name for name, _ in DEVIATIONS if name not in field_names and name not in FIXED_DEVIATIONS]
+    assert not neither, f"config.DEVIATIONS: {neither} must be Config fields, or FIXED with the reason"
+    assert not FIXED_DEVIATIONS & field_names
+
+
+def test_the_readme_lists_the_deviations_one_to_one():
+    text = README.read_text(encoding="utf-8")
+    listed = re.search(r"^## How it works, and where it differs from the reference\n(.*?)(?=^## )", text, re.M | re.S)
+    bullets = re.findall(r"^- \*\*[^*]+\*\* \(`(\w+)`", listed.group(1), re.M)
+    in_code = [name for name, _ in DEVIATIONS]
+    assert sorted(bullets) == sorted(in_code), (
+        f"README, How it works: one bullet '- **Title** (`name`...)' per config.DEVIATIONS entry; missing "
+        f"{sorted(set(in_code) - set(bullets))}, extra {sorted(set(bullets) - set(in_code))}")
 
 
 def test_the_code_cites_documents_that_are_in_the_repository():

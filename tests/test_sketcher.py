@@ -169,18 +169,65 @@ def test_a_kept_stroke_never_moves_and_builds_no_momentum():
     assert not state["exp_avg"][0, 0].any() and not state["exp_avg_sq"][0, 0].any()   # no momentum to release
 
 
-def test_early_stop_rule_is_the_original_codes():
-    config = make_config(early_stop=True, num_seeds=2)
-    points = [torch.zeros(2, 1, 4, 2)]
-    tracker = sketcher.BestOfSeeds(points, config)
-    for it, (a, b) in enumerate([(1.0, 1.0), (0.5, 0.9), (0.5, 0.8), (0.5, 0.7)]):
-        tracker.update(it * 10, torch.tensor([a, b]), [torch.full((2, 1, 4, 2), float(it))])
-    # seed 0: 0.5 at eval 1, within tolerance at evals 2 and 3 -> stopped at the second near eval
-    assert tracker.active.tolist() == [False, True]
-    assert tracker.loss.tolist() == [0.5, pytest.approx(0.7)] and tracker.iteration.tolist() == [10, 30]
-    assert float(tracker.points[0][0].max()) == 1.0      # the points of its best evaluation
-    tracker.update(40, torch.tensor([0.1, 0.6]), [torch.full((2, 1, 4, 2), 4.0)])
-    assert tracker.loss[0] == 0.5                        # a stopped seed keeps its result
+def reference_loop(losses, min_delta=1e-5):
+    """The original code's evaluation loop (painterly_rendering.py), transcribed: (index of the evaluation it
+    breaks at or None, best loss, index of the best)."""
+    best_loss, best_iter, terminate = 100.0, 0, False
+    for k, loss in enumerate(losses):
+        cur_delta = loss - best_loss
+        if abs(cur_delta) > min_delta:
+            if cur_delta < 0:
+                best_loss, best_iter, terminate = loss, k, False
+        if abs(cur_delta) <= min_delta:
+            if terminate:
+                return k, best_loss, best_iter
+            terminate = True
+    return None, best_loss, best_iter
+
+
+def _loss_walks(rows, evals, seed):
+    """Loss sequences that settle: steps of a few 1e-5 around the tolerance, some up, some exactly 1e-5."""
+    g = np.random.default_rng(seed)
+    steps = g.choice([-3e-5, -1.2e-5, -1e-5, -8e-6, -2e-6, 0.0, 4e-6, 1e-5, 2e-5], size=(rows, evals))
+    return (1.0 + np.cumsum(steps, axis=1)).astype(np.float32)   # float32, as the evaluations are
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_paper_stops_and_keeps_the_best_exactly_as_the_original_code(seed):
+    config = make_config("paper")
+    assert config.early_stop and config.best_min_improvement == config.early_stop_tolerance == 1e-5
+    walks = _loss_walks(8, 40, seed)
+    tracker = sketcher.BestOfSeeds([torch.zeros(8, 1, 4, 2)], config)
+    stopped_at = [None] * 8
+    for k in range(walks.shape[1]):
+        was_active = tracker.active.clone()
+        tracker.update(k * 10, torch.from_numpy(walks[:, k]), [torch.full((8, 1, 4, 2), float(k))])
+        for row in range(8):
+            if was_active[row] and not tracker.active[row]:
+                stopped_at[row] = k
+    for row in range(8):
+        stop, best, best_index = reference_loop([float(v) for v in walks[row]])
+        assert stopped_at[row] == stop, (row, walks[row])
+        assert float(tracker.loss[row]) == best and int(tracker.iteration[row]) == 10 * best_index
+        assert float(tracker.points[0][row].max()) == best_index            # the points of that evaluation
+    assert any(s is not None for s in stopped_at)                           # the rule was exercised
+
+
+def test_fast_and_balanced_never_stop_and_take_any_decrease():
+    for preset in ("fast", "balanced"):
+        config = make_config(preset)
+        tracker = sketcher.BestOfSeeds([torch.zeros(1, 1, 4, 2)], config)
+        for k, loss in enumerate([1.0, 1.0, 1.0, 1.0 - 2e-6, 1.0 - 2e-6]):
+            tracker.update(k * 10, torch.tensor([loss]), [torch.full((1, 1, 4, 2), float(k))])
+        assert tracker.active.all() and int(tracker.iteration[0]) == 30
+
+
+def test_a_converged_paper_run_stops_at_the_second_settled_evaluation(chelsea_png, models_dir):
+    """lr 0: nothing moves, every evaluation equals the first, so the original code breaks at evaluation 2."""
+    config = make_config("paper", num_seeds=1, num_augs=1, num_iterations=100, lr=0.0, models_dir=str(models_dir))
+    result = sketcher.sketch(chelsea_png, config)
+    assert result.iterations == 20 and result.best_iteration == 0
+    assert [it for it, _ in result.eval_history] == [0, 10, 20]
 
 
 # --- errors and knobs ---------------------------------------------------------------------------------
