@@ -157,14 +157,16 @@ def installed(tmp_path_factory):
     return {"root": root, "profile": profile, "venv": venv, "weights": weights}
 
 
-def run_inkscape(installed, name: str, iterations: int, preset="fast", strokes=STROKES, extra_env=None):
-    """Start Inkscape on a fresh copy of the test document; returns (process, paths, env marker)."""
+def run_inkscape(installed, name: str, iterations: int, preset="fast", strokes=STROKES, extra_env=None,
+                 text=None, select="img1", **options):
+    """Start Inkscape on a fresh copy of the test document (or `text`), the effect run on the objects `select`
+    (ids, comma-separated) with the dialog's `options`; returns (process, paths, env marker)."""
     work = installed["root"] / name
     work.mkdir()
     (installed["profile"] / "preferences.xml").write_text(
-        preferences_xml(strokes=strokes, preset=preset, device="cpu", seeds=1))
+        preferences_xml(strokes=strokes, preset=preset, device="cpu", seeds=1, **options))
     document = work / "in.svg"
-    document.write_text(document_text())
+    document.write_text(text or document_text())
     output = work / "out.svg"
     marker = f"CLIPASSO_TEST_RUN={uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "CLIPASSO_"))}
@@ -173,7 +175,7 @@ def run_inkscape(installed, name: str, iterations: int, preset="fast", strokes=S
                 marker.split("=")[0]: marker.split("=")[1],
                 "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")})
     env.update(extra_env or {})
-    actions = f"select-by-id:img1;{ACTION};export-filename:{output};export-do"
+    actions = f"select-by-id:{select};{ACTION};export-filename:{output};export-do"
     with open(work / "inkscape.log", "w") as log:
         process = subprocess.Popen(["timeout", "--kill-after=10", "300", "xvfb-run", "-a", "inkscape",
                                     "--batch-process", f"--actions={actions}", str(document)],
@@ -347,6 +349,39 @@ def test_keep_selected_paths_and_add_strokes(installed):
             assert element_attributes(svg, element_id) == element_attributes(before, element_id), element_id
         assert [p.get("id") for p in svg.getElementById("sketch")] == ["s1", "s2", "s3"]
         assert document.read_text() == refine_document_text()
+    finally:
+        kill_leftovers(marker)
+
+
+def test_start_from_selected_paths_with_the_real_engine_is_exact(installed):
+    """The whole chain with the real engine (generated weights, 0 steps): the image and the edited strokes selected,
+    "Start from them", 0 strokes added. The new layer holds one stroke per segment of the selected paths (s1 has
+    three, the hand-drawn path two), each exactly where that segment lies in the document: the extension's
+    inverse placement, the engine's reader and the placement back compose to the identity."""
+    import inkex
+    from clipasso_engine import svgpaths
+    process, paths, marker = run_inkscape(installed, "start_real", iterations=0, strokes=0, text=refine_document_text(),
+                                          select="img1,s1,s2,s3,hand", selected_paths="start")
+    try:
+        process.wait(timeout=330)
+        assert paths["output"].exists(), diagnostics(paths)
+        assert not processes_with_marker(marker, "clipasso_engine")
+        before = inkex.load_svg(str(paths["document"])).getroot()
+        expected = []
+        for element_id in ("s1", "s2", "s3", "hand"):   # the segments in document coordinates, as cubics
+            path = before.getElementById(element_id)
+            in_document = inkex.Path(path.get("d")).to_absolute().transform(path.composed_transform())
+            expected.extend(svgpaths.path_cubics(str(in_document), svgpaths.ARC_TOLERANCE))
+        svg = inkex.load_svg(str(paths["output"])).getroot()
+        [layer] = sketch_layers(svg)
+        found = [np.array([[float(v) for v in pair.split(",")] for pair in re.findall(r"-?[\d.]+,-?[\d.]+", p.get("d"))])
+                 for p in layer.iter("{http://www.w3.org/2000/svg}path")]
+        assert len(found) == len(expected) == 7, diagnostics(paths)
+        for stroke in found:                                 # most important first: matched by position
+            assert min(np.abs(stroke - np.asarray(other)).max() for other in expected) < 1e-3, stroke
+        untouched = inkex.load_svg(str(paths["document"])).getroot()   # (reading composed_transform rewrites it)
+        for element_id in ("s1", "s2", "s3", "hand"):
+            assert element_attributes(svg, element_id) == element_attributes(untouched, element_id), element_id
     finally:
         kill_leftovers(marker)
 
