@@ -207,7 +207,7 @@ class Config:
 # Named presets: what each trades, in one line. `paper` is the reference.
 PRESETS = {
     "paper": dict(
-        doc="the reference: 2000 iterations x 3 seeds, best seed kept (slowest, best loss)",
+        doc="the reference: 2000 iterations x 3 seeds, best seed kept, early stop as the original code (slowest, best loss)",
     ),
     # fast and balanced were chosen by measured time-to-quality on a trained network (benchmarks/bench_quality.py,
     # README "Drawing quality"): more steps through fewer views beat more views per step, one seed run longer beats
