@@ -44,7 +44,7 @@ def strokes_to_svg(points, stroke_width: float = 3.0, size=(224, 224)) -> str:
     return "\n".join(lines)
 
 
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def svg_to_strokes(text: str):
@@ -56,14 +56,14 @@ def svg_to_strokes(text: str):
         root = ET.fromstring(text.encode("utf-8") if isinstance(text, str) else text)
     except ET.ParseError as exc:
         raise EngineError("bad_argument", f"Not a valid SVG file: {exc}.") from None
-    size = tuple(float(_NUMBER.match(root.get(k, "224")).group()) for k in ("width", "height"))
+    size = tuple(float(NUMBER.match(root.get(k, "224")).group()) for k in ("width", "height"))
     strokes, width = [], None
     for path in root.iter(f"{{{SVG_NS}}}path"):
         d = path.get("d", "")
         # Letters are checked with the numbers taken out, so that exponents like 1e-05 are accepted.
-        if not re.fullmatch(r"\s*M[^A-Za-z]*C[^A-Za-z]*", _NUMBER.sub(" ", d)):
+        if not re.fullmatch(r"\s*M[^A-Za-z]*C[^A-Za-z]*", NUMBER.sub(" ", d)):
             raise EngineError("bad_argument", f"Path {path.get('id', '?')} is not a single 'M ... C ...' cubic.")
-        numbers = [float(v) for v in _NUMBER.findall(d)]
+        numbers = [float(v) for v in NUMBER.findall(d)]
         if len(numbers) != 8:
             raise EngineError("bad_argument", f"Path {path.get('id', '?')} has {len(numbers)} numbers, expected 8.")
         strokes.append(np.array(numbers).reshape(4, 2))

@@ -36,7 +36,7 @@ import numpy as np
 
 from .errors import EngineError
 from .imageio import invert_matrix
-from .svg import _NUMBER, SVG_NS   # the number grammar and namespace the engine writes with
+from .svg import NUMBER, SVG_NS   # the number grammar and namespace the engine writes with
 
 MAX_START_FILE_BYTES = 5 * 1024 * 1024
 MAX_START_STROKES = 1024        # the engine's limit on num_strokes (config.py)
@@ -174,7 +174,7 @@ def _length(root, attribute: str, name: str) -> float:
     text = root.get(attribute)
     if text is None:
         raise _bad(f"{name} has neither a viewBox nor a {attribute}: its size is unknown.")
-    match = re.fullmatch(r"\s*(" + _NUMBER.pattern + r")\s*(px)?\s*", text)
+    match = re.fullmatch(r"\s*(" + NUMBER.pattern + r")\s*(px)?\s*", text)
     if match is None or float(match.group(1)) <= 0:
         raise _bad(f"{name} gives its {attribute} as {text!r}: without a viewBox only a plain number "
                    "of pixels (or px) can be read.")
@@ -183,9 +183,9 @@ def _length(root, attribute: str, name: str) -> float:
 
 def _numbers_only(text: str) -> list[float] | None:
     """The numbers of a list separated by spaces/commas, or None when anything else is in it."""
-    if _SEPARATORS.fullmatch(_NUMBER.sub(" ", text)) is None:
+    if _SEPARATORS.fullmatch(NUMBER.sub(" ", text)) is None:
         return None
-    return [float(v) for v in _NUMBER.findall(text)]
+    return [float(v) for v in NUMBER.findall(text)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class _Cursor:
 
     def at_number(self) -> bool:
         self._skip()
-        return _NUMBER.match(self.text, self.position) is not None
+        return NUMBER.match(self.text, self.position) is not None
 
     def command(self) -> str:
         self._skip()
@@ -325,7 +325,7 @@ class _Cursor:
 
     def number(self) -> float:
         self._skip()
-        match = _NUMBER.match(self.text, self.position)
+        match = NUMBER.match(self.text, self.position)
         if match is None:
             raise self._expected("a number")
         value = float(match.group())

@@ -123,17 +123,20 @@ def test_should_stop_cancels(chelsea_png, config, runtime):
 
 # --- early stop ---------------------------------------------------------------------------------------
 
+class DarkerOnTheRight:
+    """A stand-in loss: strokes want to move right."""
+
+    def value_and_grad(self, sketches, generator, target_index):
+        x = sketches.detach().requires_grad_(True)
+        loss = (x * torch.linspace(0, 1, 224)).mean(dim=(1, 2, 3))
+        loss.sum().backward()
+        return loss.detach(), x.grad
+
+
 def test_a_stopped_seed_is_frozen_even_though_adam_has_momentum():
     points = [torch.tensor([[[[20.0, 20], [40, 60], [80, 40], [100, 100]]]] * 2)]   # 2 rows, 1 stroke
     points[0].requires_grad_(True)
     optimizer = torch.optim.Adam(points, lr=1.0)
-
-    class DarkerOnTheRight:   # a stand-in loss: strokes want to move right
-        def value_and_grad(self, sketches, generator, target_index):
-            x = sketches.detach().requires_grad_(True)
-            loss = (x * torch.linspace(0, 1, 224)).mean(dim=(1, 2, 3))
-            loss.sum().backward()
-            return loss.detach(), x.grad
 
     def step(held):
         sketches = sketcher.render_all(points, make_config(), "torch")
@@ -152,13 +155,6 @@ def test_a_kept_stroke_never_moves_and_builds_no_momentum():
     points = [start[None].clone().requires_grad_(True)]          # 1 sketch, 2 strokes: the first kept
     optimizer = torch.optim.Adam(points, lr=1.0)
     held = [torch.tensor([[True, False]])]
-
-    class DarkerOnTheRight:
-        def value_and_grad(self, sketches, generator, target_index):
-            x = sketches.detach().requires_grad_(True)
-            loss = (x * torch.linspace(0, 1, 224)).mean(dim=(1, 2, 3))
-            loss.sum().backward()
-            return loss.detach(), x.grad
 
     for _ in range(20):
         sketcher.optimise_step(points, sketcher.render_all(points, make_config(), "torch"), optimizer,
