@@ -1,14 +1,16 @@
 """Refining and adding to given strokes (issue 14), on a real trained network: what --start-from and
 --keep-start give, and whether added strokes should start away from the kept ones.
 
-    .venv/bin/python benchmarks/bench_refine.py [--photos coffee,horse] [--threads 1]
+    .venv/bin/python benchmarks/bench_refine.py [--photos coffee,horse] [--threads 1] [--sheet docs/img/refine_standin.png]
 
 ImageNet stand-in for CLIP (tests/standin_net.py, as bench_quality.py): the numbers are about the method on a
 trained network, never about CLIP. Per photo, 16 strokes, the `fast` preset, seed 0:
   sketch      a fresh sketch (its best clean-view loss)
   refine      --start-from that sketch, 0 added strokes, another `fast` run: how much lower it gets
   keep8+8     its 8 most important strokes kept, 8 added (new_stroke_clearance 4 px, the default: added
-              strokes start away from the kept ones), against the same with clearance 0 (start anywhere)
+              strokes start away from the kept ones), against the same with clearance 0 (start anywhere);
+              with --seeds K the mean over K seeds of the added strokes (one run's loss moves by ~1 % with the
+              float rounding of another thread count alone)
 Lower loss is better; all four are the same loss on the same photo, so they compare directly.
 """
 
@@ -34,6 +36,9 @@ def main() -> None:
     parser.add_argument("--photos", default=",".join(PHOTOS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--net", default="efficientnet-lite0")
+    parser.add_argument("--sheet", help="write a picture: photo | sketch | refined | 8 kept (grey) + 8 added")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run the keep 8 + add 8 cases with this many seeds (0, 1000, ...) and report their mean")
     args = parser.parse_args()
     from standin_net import standin_models, unavailable_reason
     if unavailable_reason(args.net):
@@ -42,6 +47,7 @@ def main() -> None:
     config = make_config("fast", num_strokes=16, threads=args.threads)
     runtime = sketcher.prepare(config, loaded_models=standin_models(args.net))
     print(f"ImageNet stand-in for CLIP ({args.net}); fast preset, 16 strokes; best clean-view loss, lower is better\n")
+    drawn = []
     rows = ["| photo | sketch | refine (+250 steps) | keep 8 + add 8, clearance 4 px | the same, clearance 0 | "
             "added strokes on edges, 4 px / 0 |", "|" + "---|" * 6]
     for name in args.photos.split(","):
@@ -54,12 +60,55 @@ def main() -> None:
         first = run()
         refined = run(start_strokes=first.points, num_strokes=0)
         kept = first.points[:8]
-        added = {c: run(start_strokes=kept, keep_start=True, num_strokes=8, new_stroke_clearance=c) for c in (4.0, 0.0)}
-        on_edges = {c: strokes.edge_alignment(np.delete(r.points, r.kept, axis=0), edges) for c, r in added.items()}
-        rows.append(f"| {name} | {first.loss:.4f} | {refined.loss:.4f} | {added[4.0].loss:.4f} | {added[0.0].loss:.4f} "
+        runs = {c: [run(start_strokes=kept, keep_start=True, num_strokes=8, new_stroke_clearance=c, seed=1000 * k)
+                    for k in range(args.seeds)] for c in (4.0, 0.0)}
+        added = {c: r[0] for c, r in runs.items()}
+        loss = {c: np.mean([r.loss for r in rs]) for c, rs in runs.items()}
+        on_edges = {c: np.mean([strokes.edge_alignment(np.delete(r.points, r.kept, axis=0), edges) for r in rs])
+                    for c, rs in runs.items()}
+        rows.append(f"| {name} | {first.loss:.4f} | {refined.loss:.4f} | {loss[4.0]:.4f} | {loss[0.0]:.4f} "
                     f"| {on_edges[4.0] * 100:.0f} % / {on_edges[0.0] * 100:.0f} % |")
         print(rows[-1], flush=True)
+        drawn.append((loaded, first, refined, added[4.0]))
     print("\n" + "\n".join(rows))
+    if args.sheet:
+        refine_sheet(drawn, Path(args.sheet), f"Drawn with an ImageNet stand-in for CLIP ({args.net}), not CLIP")
+
+
+def refine_sheet(drawn: list, path: Path, label: str) -> None:
+    """One row per photo: the canvas, the sketch, the sketch refined, its 8 most important strokes kept (grey)
+    with 8 added (black)."""
+    from PIL import Image, ImageDraw
+    from clipasso_engine import raster
+    cell, pad, head = 200, 6, 34
+    columns = ["photo", "fast sketch", "refined (+250 steps)", "8 kept (grey) + 8 added"]
+    sheet = Image.new("RGB", (len(columns) * (cell + pad) + pad, len(drawn) * (cell + pad) + pad + head), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 4), label, fill=(160, 0, 0))
+    for c, title in enumerate(columns):
+        draw.text((pad + c * (cell + pad), 18), title, fill=(0, 0, 0))
+
+    def ink(points):
+        return raster.render_strokes(torch.tensor(points, dtype=torch.float32)[None], 1.5, 224)[0, 0].numpy()
+
+    def tile(*layers):   # (points, grey level) drawn over white, later layers on top
+        canvas = np.ones((224, 224))
+        for points, level in layers:
+            coverage = 1 - ink(points)
+            canvas = canvas * (1 - coverage) + level * coverage
+        return Image.fromarray((canvas * 255).round().astype(np.uint8)).convert("RGB")
+
+    for row, (loaded, first, refined, added) in enumerate(drawn):
+        target = Image.fromarray((loaded.target[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        new = np.delete(added.points, added.kept, axis=0)
+        tiles = [target, tile((first.points, 0.0)), tile((refined.points, 0.0)),
+                 tile((added.points[added.kept], 0.6), (new, 0.0))]
+        for c, image in enumerate(tiles):
+            x, y = pad + c * (cell + pad), head + pad + row * (cell + pad)
+            sheet.paste(image.resize((cell, cell), Image.Resampling.LANCZOS), (x, y))
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 200, 200))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
 
 
 if __name__ == "__main__":
