@@ -412,18 +412,19 @@ def optimise_step(points: list, sketches: torch.Tensor, optimizer, loss_fn: CLIP
     The sketches are independent, so the sum's gradient is each sketch's own. `held`, per points tensor a
     (sketches, strokes) bool on the device, marks strokes that must not move (kept start strokes, sketches that
     stopped early): their gradient is zeroed, so no Adam moment builds up, and their points are put back
-    after the step (a stopped sketch's momentum would move them even with a zero gradient)."""
+    after the step (a stopped sketch's momentum would move them even with a zero gradient). Masks, not
+    boolean indexing: indexing by a mask waits for the GPU at every step."""
     per_row, sketch_grad = loss_fn.value_and_grad(sketches, generator, target_index)
     optimizer.zero_grad(set_to_none=True)
     sketches.backward(sketch_grad)          # through the rasterizer to the control points
-    kept = [p.detach()[h].clone() for p, h in zip(points, held)]
+    before = [p.detach().clone() for p in points]
     with torch.no_grad():
         for p, h in zip(points, held):
-            p.grad[h] = 0
+            p.grad.masked_fill_(h[..., None, None], 0)
     optimizer.step()
     with torch.no_grad():
-        for p, h, k in zip(points, held, kept):
-            p[h] = k
+        for p, h, b in zip(points, held, before):
+            p.copy_(torch.where(h[..., None, None], b, p))
     return per_row
 
 
@@ -567,13 +568,13 @@ def optimise(initial: Initial, loss_fn: CLIPLoss, layout: Layout, loaded: list, 
             reseeds += reseed_collapsed(points, initial.given, optimizer, initial.reseed_from, layout, config,
                                         iteration, tracker, runtime.backend, [image.photo_region for image in loaded])
         sketches = render_all(points, config, runtime.backend)
-        if iteration % config.eval_every == 0:
+        if iteration % config.eval_every == 0:   # iteration 0 too: `held` is set before the first step
             evaluate(iteration, sketches)
             evaluated_at = iteration
             if not tracker.active.any():
                 break
-        stopped = (~tracker.active.to(device)).split([p.shape[0] for p in points])
-        held = [f | s[:, None] for f, s in zip(fixed, stopped)]
+            stopped = (~tracker.active).to(device).split([p.shape[0] for p in points])   # changes only here
+            held = [f | s[:, None] for f, s in zip(fixed, stopped)]
         per_row = optimise_step(points, sketches, optimizer, loss_fn, target_index, generator, held)
         loss_log.append(per_row)
         if fetch_every_step or iteration == 0 or (iteration + 1) % config.eval_every == 0:
