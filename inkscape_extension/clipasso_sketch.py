@@ -236,6 +236,19 @@ def absolute_path_data(path):
     return " ".join(" ".join([segment.letter, *(repr(float(v)) for v in segment.args)]) for segment in path)
 
 
+def placement_of(instance, image_size):
+    """(frames, rect, pixels_to_user) of an image as it is drawn: its frames on the way to the root
+    (document_tree.frames), its rect (x, y, width, height) in its own user space, and the map from its
+    pixels to that space. The one place a placement is worked out: sketches are inserted with it, the
+    visible crop is measured with it and selected paths are brought to the engine with its inverse.
+    ValueError or ZeroDivisionError when a transform or viewport is singular."""
+    image = instance.image
+    attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
+    frames = instance.frames(parse_transform)
+    rect = placement.image_rect(attributes, image_size, frames[1].size)
+    return frames, rect, placement.image_placement(*rect, image_size, image.get("preserveAspectRatio"))
+
+
 class ClipassoSketch(inkex.EffectExtension):
     def add_arguments(self, pars):
         pars.add_argument("--tab", default="options")
@@ -317,7 +330,6 @@ class ClipassoSketch(inkex.EffectExtension):
         insert_layer places results with. A path lying wholly outside the part of the image that
         shows is refused, naming it; one partly outside is sent whole (the engine sees only what
         lies on its canvas)."""
-        image = instance.image
         name = self.display_name(instance, index)
         size = raster_size.upright_pixel_size(source)
         if size is None:
@@ -325,13 +337,10 @@ class ClipassoSketch(inkex.EffectExtension):
                   f"picture (PNG, JPEG, GIF, BMP and WebP can be): convert the image, or set Selected paths "
                   f"to Ignore.")
         canvas_to_image = placement.engine_canvas_to_image(size, crop)
-        attributes = {key: image.get(key) for key in ("x", "y", "width", "height")}
         try:
-            frames = instance.frames(parse_transform)
-            rect = placement.image_rect(attributes, size, frames[1].size)
-            pixels_to_user = placement.image_placement(*rect, size, image.get("preserveAspectRatio"))
-            document_to_canvas = placement.invert(placement.compose(frames[0].outer, pixels_to_user,
-                                                                    canvas_to_image))
+            frames, _, pixels_to_user = placement_of(instance, size)
+            document_to_canvas = placement.invert(placement.canvas_to_layer(canvas_to_image, pixels_to_user,
+                                                                            frames[0].outer, placement.IDENTITY))
         except (ValueError, ZeroDivisionError):
             abort(f"The selected paths cannot be placed on {name!r}: the image, or a group holding it, is "
                   f"scaled to zero. Fix its transform (Object > Transform) and try again.")
@@ -470,13 +479,8 @@ class ClipassoSketch(inkex.EffectExtension):
         size = raster_size.upright_pixel_size(path)
         if size is None:
             return None
-        image = instance.image
-        attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
         try:
-            frames = instance.frames(parse_transform)
-            x, y, width, height = placement.image_rect(attributes, size, frames[1].size)
-            pixels_to_user = placement.image_placement(x, y, width, height, size,
-                                                       image.get("preserveAspectRatio"))
+            frames, (x, y, width, height), pixels_to_user = placement_of(instance, size)
             # measured in the raster's pixels: a clip shape's box there is exact under any rotation
             to_pixels = placement.invert(placement.compose(frames[0].outer, pixels_to_user))
             visible = placement.mapped_box(placement.invert(pixels_to_user), (x, y, x + width, y + height))
@@ -607,11 +611,8 @@ class ClipassoSketch(inkex.EffectExtension):
         image = instance.image
         parent = anchor.getparent()
         image_size = result["image_size"]
-        attributes = {name: image.get(name) for name in ("x", "y", "width", "height")}
         try:
-            frames = instance.frames(parse_transform)
-            rect = placement.image_rect(attributes, image_size, frames[1].size)
-            pixels_to_user = placement.image_placement(*rect, image_size, image.get("preserveAspectRatio"))
+            frames, _, pixels_to_user = placement_of(instance, image_size)
             matrix = placement.canvas_to_layer(tuple(result["canvas_to_image"]), pixels_to_user,
                                                frames[0].outer, document_tree.content_matrix(parent, parse_transform))
         except (ValueError, ZeroDivisionError):  # issue 8 item 13: a sentence, not a traceback
