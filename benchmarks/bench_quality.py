@@ -108,45 +108,57 @@ def run_case(image, name: str, case: str, runtime, threads: int, **extra) -> dic
     )
 
 
-def contact_sheet(records: list, cases: list, path: Path, label: str) -> None:
-    """photo | each case's drawing | snapshots of the slowest case at 100/300/1000 iterations."""
+def draw_sheet(columns: list, rows: list, path: Path, label: str, cell: int = 160, notes: list | None = None) -> None:
+    """A grid of pictures saved as PNG: `label` on top, a title per column, rows of PIL images (each resized to
+    cell x cell, framed in grey), an optional note under each (notes: rows of strings, "" for none)."""
     from PIL import Image, ImageDraw
-    from clipasso_engine import raster
-    cell, pad, head = 160, 6, 34
-    photos = list(dict.fromkeys(r["photo"] for r in records))
-    snap_case = "balanced" if "balanced" in cases else cases[-1]   # the preset whose run has 1000 steps
-    columns = ["photo"] + cases + [f"{snap_case} @{k}" for k in SNAPSHOTS]
-    sheet = Image.new("RGB", (len(columns) * (cell + pad) + pad, len(photos) * (cell + pad) + pad + head), "white")
+    pad, head = 6, 34
+    sheet = Image.new("RGB", (len(columns) * (cell + pad) + pad, len(rows) * (cell + pad) + pad + head), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 4), label, fill=(160, 0, 0))
     for c, title in enumerate(columns):
         draw.text((pad + c * (cell + pad), 18), title, fill=(0, 0, 0))
+    for r, tiles in enumerate(rows):
+        for c, tile in enumerate(tiles):
+            x, y = pad + c * (cell + pad), head + pad + r * (cell + pad)
+            sheet.paste(tile.resize((cell, cell), Image.Resampling.LANCZOS), (x, y))
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 200, 200))
+            note = notes[r][c] if notes else ""
+            if note:
+                draw.text((x + 3, y + cell - 13), note, fill=(0, 0, 160))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+
+
+def contact_sheet(records: list, cases: list, path: Path, label: str) -> None:
+    """photo | each case's drawing | snapshots of the slowest case at 100/300/1000 iterations."""
+    from PIL import Image
+    from clipasso_engine import raster
+    photos = list(dict.fromkeys(r["photo"] for r in records))
+    snap_case = "balanced" if "balanced" in cases else cases[-1]   # the preset whose run has 1000 steps
+    columns = ["photo"] + cases + [f"{snap_case} @{k}" for k in SNAPSHOTS]
 
     def render(points):
         image = raster.render_strokes(torch.tensor(points, dtype=torch.float32)[None], 1.5, 224)[0]
         return Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
-    for r_i, name in enumerate(photos):
+    rows, notes = [], []
+    for name in photos:
         by_case = {r["case"]: r for r in records if r["photo"] == name}
         target = imageio.load_image(photo(name), make_config("fast"), name=name).target[0].permute(1, 2, 0).numpy()
         tiles = [Image.fromarray((target * 255).round().astype(np.uint8))]
-        notes = [""]
+        row_notes = [""]
         for case in cases:
             rec = by_case.get(case)
             tiles.append(render(rec["points"]) if rec else Image.new("RGB", (224, 224), "white"))
-            notes.append(f"-{rec['reduction'] * 100:.0f}% d{rec['dots']} f{rec['frame']}" if rec else "")
+            row_notes.append(f"-{rec['reduction'] * 100:.0f}% d{rec['dots']} f{rec['frame']}" if rec else "")
         snaps = by_case.get(snap_case, {}).get("snapshots", {})
         for k in SNAPSHOTS:
             tiles.append(render(snaps[k]) if k in snaps else Image.new("RGB", (224, 224), (235, 235, 235)))
-            notes.append("" if k in snaps else "(shorter run)")
-        for c, (tile, note) in enumerate(zip(tiles, notes)):
-            x, y = pad + c * (cell + pad), head + pad + r_i * (cell + pad)
-            sheet.paste(tile.resize((cell, cell), Image.Resampling.LANCZOS), (x, y))
-            draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 200, 200))
-            if note:
-                draw.text((x + 3, y + cell - 13), note, fill=(0, 0, 160))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, optimize=True)
+            row_notes.append("" if k in snaps else "(shorter run)")
+        rows.append(tiles)
+        notes.append(row_notes)
+    draw_sheet(columns, rows, path, label, notes=notes)
 
 
 def table(records: list) -> str:

@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench_quality import PHOTOS, photo  # noqa: E402
+from bench_quality import PHOTOS, draw_sheet, photo  # noqa: E402
 from clipasso_engine import imageio, sketcher, strokes  # noqa: E402
 from clipasso_engine.config import make_config  # noqa: E402
 
@@ -78,15 +78,9 @@ def main() -> None:
 def refine_sheet(drawn: list, path: Path, label: str) -> None:
     """One row per photo: the canvas, the sketch, the sketch refined, its 8 most important strokes kept (grey)
     with 8 added (black)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
     from clipasso_engine import raster
-    cell, pad, head = 200, 6, 34
     columns = ["photo", "fast sketch", "refined (+250 steps)", "8 kept (grey) + 8 added"]
-    sheet = Image.new("RGB", (len(columns) * (cell + pad) + pad, len(drawn) * (cell + pad) + pad + head), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((pad, 4), label, fill=(160, 0, 0))
-    for c, title in enumerate(columns):
-        draw.text((pad + c * (cell + pad), 18), title, fill=(0, 0, 0))
 
     def ink(points):
         return raster.render_strokes(torch.tensor(points, dtype=torch.float32)[None], 1.5, 224)[0, 0].numpy()
@@ -98,17 +92,13 @@ def refine_sheet(drawn: list, path: Path, label: str) -> None:
             canvas = canvas * (1 - coverage) + level * coverage
         return Image.fromarray((canvas * 255).round().astype(np.uint8)).convert("RGB")
 
-    for row, (loaded, first, refined, added) in enumerate(drawn):
+    rows = []
+    for loaded, first, refined, added in drawn:
         target = Image.fromarray((loaded.target[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         new = np.delete(added.points, added.kept, axis=0)
-        tiles = [target, tile((first.points, 0.0)), tile((refined.points, 0.0)),
-                 tile((added.points[added.kept], 0.6), (new, 0.0))]
-        for c, image in enumerate(tiles):
-            x, y = pad + c * (cell + pad), head + pad + row * (cell + pad)
-            sheet.paste(image.resize((cell, cell), Image.Resampling.LANCZOS), (x, y))
-            draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(200, 200, 200))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, optimize=True)
+        rows.append([target, tile((first.points, 0.0)), tile((refined.points, 0.0)),
+                     tile((added.points[added.kept], 0.6), (new, 0.0))])
+    draw_sheet(columns, rows, path, label, cell=200)
 
 
 if __name__ == "__main__":
